@@ -1,0 +1,1 @@
+"""Channel adapters: each turns a provider's or a browser's wire format into gateway events."""

@@ -1,0 +1,169 @@
+"""The chat WebSocket: one browser tab talking to one session."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from channels.chat.protocol import FrameError, Ping, SetContext, UserText, parse_client_frame
+from gateway.bus.base import SubscriptionClosed
+from gateway.codec import dumps
+from gateway.errors import GatewayError, Unauthorized
+from gateway.events import ContactRef, InboundMessage
+from gateway.runtime import Runtime
+from gateway.store.records import SessionRecord
+from gateway.tasks import first_completed
+from gateway.types import Channel
+
+log = logging.getLogger("gateway.chat")
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_TRY_AGAIN = 1013
+
+
+class ChatChannel:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    def routes(self) -> list[BaseRoute]:
+        return [WebSocketRoute("/chat/ws", self.endpoint)]
+
+    async def endpoint(self, ws: WebSocket) -> None:
+        gauge = self.rt.metrics.websockets.labels("chat")
+        gauge.inc()
+        try:
+            await self._serve(ws)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            gauge.dec()
+
+    async def _serve(self, ws: WebSocket) -> None:
+        rt = self.rt
+        # Accept first, then close with 4000 + status: browsers can read a close code,
+        # never a rejected handshake's HTTP status.
+        await ws.accept()
+        try:
+            token = await rt.auth.redeem(ws.query_params.get("token"), "chat")
+        except Unauthorized as exc:
+            await ws.close(4401, exc.message)
+            return
+        if rt.directory.find(token.agent_id) is None:
+            await ws.close(4404, f"unknown agent {token.agent_id!r}")
+            return
+        resumed = token.session_id is not None
+        if token.session_id is not None:
+            found = await rt.store.session(token.session_id)
+            if found is None or found.agent_id != token.agent_id:
+                await ws.close(4404, "unknown session")
+                return
+            if not found.active:
+                await ws.close(4409, "this session has ended")
+                return
+            session = found
+        else:
+            meta = token.meta
+            user = meta.get("userId")
+            contact = None
+            if isinstance(user, str | int) and str(user):
+                name = meta.get("name")
+                contact = ContactRef(channel=Channel.CHAT, address=str(user),
+                                     name=name if isinstance(name, str) else None)
+            session = await rt.service.start_session(agent_id=token.agent_id, channel=Channel.CHAT,
+                                                     contact=contact, metadata=meta)
+        await ChatConnection(ws, rt, session).run(resumed=resumed)
+
+
+class ChatConnection:
+    def __init__(self, ws: WebSocket, rt: Runtime, session: SessionRecord) -> None:
+        self.ws = ws
+        self.rt = rt
+        self.session = session
+        self.config = rt.directory.get(session.agent_id)
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        if self.ws.application_state == WebSocketState.CONNECTED:
+            await self.ws.send_text(dumps(frame))
+
+    async def run(self, *, resumed: bool) -> None:
+        rt, sid = self.rt, self.session.id
+        async with rt.bus.subscribe_session(sid, rt.settings.server.sse_buffer_events) as sub:
+            started: dict[str, Any] = {"event": "chat.started", "sessionId": sid, "agent": self.session.agent_id}
+            if resumed:
+                messages = await rt.store.messages(sid)
+                started["history"] = [
+                    {"messageId": m.id, "role": m.role, "source": m.source, "text": m.text,
+                     "createdAt": m.created_at}
+                    for m in messages if m.role in ("user", "assistant") and m.text
+                ]
+                if any(m.pending for m in messages):
+                    rt.service.turns.submit(sid)  # answer what was left unanswered
+            await self.send(started)
+            await first_completed(self._reader(), self._writer(sub), self._stopping())
+
+    async def _stopping(self) -> None:
+        await self.rt.stopping.wait()
+        await self.ws.close(CLOSE_GOING_AWAY, "server shutting down")
+
+    async def _reader(self) -> None:
+        limits = self.config.limits
+        max_bytes = self.rt.settings.server.max_frame_bytes
+        while True:
+            msg = await self.ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            raw = msg.get("text")
+            if raw is None:
+                raw = msg.get("bytes") or b""
+            try:
+                frame = parse_client_frame(raw, max_text=limits.max_text_chars, max_bytes=max_bytes)
+                await self._handle(frame)
+            except FrameError as exc:
+                await self.send({"event": "chat.error", "code": exc.code, "message": exc.message})
+            except GatewayError as exc:
+                await self.send({"event": "chat.error", "code": exc.code, "message": exc.message})
+
+    async def _handle(self, frame: UserText | SetContext | Ping) -> None:
+        if isinstance(frame, Ping):
+            await self.send({"event": "pong"})
+        elif isinstance(frame, SetContext):
+            await self.rt.service.set_context(self.session.id, frame.key, frame.value)
+        else:
+            await self.rt.service.receive(InboundMessage(
+                agent=self.session.agent_id, channel=Channel.CHAT, session_id=self.session.id,
+                contact=None, text=frame.text,
+            ))
+
+    async def _writer(self, sub: Any) -> None:
+        while True:
+            try:
+                raw = await sub.get()
+            except SubscriptionClosed as exc:
+                if exc.overflowed:
+                    await self.ws.close(CLOSE_TRY_AGAIN, "client fell behind; reconnect to resume")
+                return
+            header, _, body = raw.partition(b"\n")
+            kind = header[: header.index(b"\t")]
+            if kind == b"bot.token":
+                obj = json.loads(body)
+                await self.send({"event": "chat.token", "messageId": obj["messageId"], "text": obj["text"]})
+            elif kind == b"bot.message":
+                obj = json.loads(body)
+                if obj.get("source") == "human":
+                    await self.send({"event": "chat.message", "messageId": obj["messageId"],
+                                     "text": obj["text"], "source": "human"})
+                else:
+                    await self.send({"event": "chat.done", "messageId": obj["messageId"], "text": obj["text"]})
+            elif kind == b"session.error":
+                obj = json.loads(body)
+                await self.send({"event": "chat.error", "code": obj.get("code", "agent_error"),
+                                 "message": obj.get("message", "")})
+            elif kind == b"session.ended":
+                obj = json.loads(body)
+                await self.send({"event": "chat.ended", "reason": obj.get("reason")})
+                await self.ws.close(1000, "session ended")
+                return

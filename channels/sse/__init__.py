@@ -1,0 +1,1 @@
+"""Server-Sent Events: the live event feeds (PROTOCOL §3)."""

@@ -1,0 +1,1 @@
+"""REST routes: tokens, sessions, agent messages, health, metrics."""

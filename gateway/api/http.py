@@ -1,0 +1,91 @@
+"""Request parsing and error rendering shared by every route."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.errors import BadRequest, GatewayError, PayloadTooLarge
+
+log = logging.getLogger("gateway.api")
+
+
+def error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read a body, refusing it (413) as soon as it is larger than `limit`."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest("invalid Content-Length", code="invalid_content_length")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"request bodies are limited to {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request bodies are limited to {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise BadRequest(
+            f"expected Content-Type: application/json (got {ctype or 'none'!r})", code="unsupported_media_type"
+        ) from None
+    body = await read_body(request, limit)
+    try:
+        obj = json.loads(body) if body else None
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the body is not valid JSON", code="invalid_json") from None
+    if not isinstance(obj, dict):
+        raise BadRequest("the body must be a JSON object", code="invalid_json")
+    return obj
+
+
+def opt_str(obj: dict[str, Any], key: str, *, max_len: int = 256) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > max_len:
+        raise BadRequest(f"`{key}` must be a non-empty string of at most {max_len} characters",
+                         code="invalid_field")
+    return value
+
+
+def opt_dict(obj: dict[str, Any], key: str) -> dict[str, Any]:
+    value = obj.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"`{key}` must be a JSON object", code="invalid_field")
+    if len(json.dumps(value)) > 16_384:
+        raise BadRequest(f"`{key}` is larger than 16 KB", code="invalid_field")
+    return value
+
+
+async def on_gateway_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    status = exc.status if 400 <= exc.status < 600 else 500
+    return error(status, exc.code, exc.message)
+
+
+async def on_http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+
+async def on_crash(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error(500, "internal", "internal error (a bug: it has been logged)")

@@ -1,0 +1,158 @@
+"""`POST /v1/agents/{agent}/messages`: a web backend talks for its user (PROTOCOL §5).
+
+The reply streams as SSE (`session`, `token`…, `done`) with `Accept: text/event-stream`,
+otherwise the route answers `{sessionId, messageId, text}` once the reply is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.api.http import error, opt_dict, opt_str, read_json
+from gateway.bus.base import Subscription, SubscriptionClosed
+from gateway.conversations import check_text
+from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.events import ContactRef, InboundMessage
+from gateway.runtime import Runtime
+from gateway.store.records import SessionRecord
+from gateway.store.sql import SessionQuery
+from gateway.types import Channel
+
+REPLY_TIMEOUT_SECONDS = 600.0
+
+
+class MessageRoutes:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    def routes(self) -> list[BaseRoute]:
+        return [Route("/v1/agents/{agent}/messages", self.post, methods=["POST"])]
+
+    async def post(self, request: Request) -> Response:
+        rt = self.rt
+        agent = request.path_params["agent"]
+        principal = await rt.auth.api_key(request.headers)
+        config = rt.directory.get(agent)
+        principal.check(agent)
+        body = await read_json(request, rt.settings.server.max_body_bytes)
+        text = check_text(body.get("text"), config.limits.max_text_chars)
+        session_id = opt_str(body, "sessionId", max_len=64)
+        metadata = opt_dict(body, "metadata")
+        contact = _contact(body.get("contact"))
+        session = await self._session(agent, session_id, contact, metadata)
+        # Subscribe before the message is stored, so no token of its reply is missed.
+        sub_cm = rt.bus.subscribe_session(session.id, 10_000)
+        sub = await sub_cm.__aenter__()
+        try:
+            result = await rt.service.receive(InboundMessage(
+                agent=agent, channel=Channel.API, contact=None, session_id=session.id, text=text,
+                metadata=metadata))
+        except BaseException:
+            await sub_cm.__aexit__(None, None, None)
+            raise
+        assert result.message is not None
+        message_id = result.message.id
+        if result.message.pending is False:  # paused: stored, no agent turn
+            await sub_cm.__aexit__(None, None, None)
+            return JSONResponse({"sessionId": session.id, "messageId": None, "text": None, "paused": True},
+                                status_code=202)
+        if "text/event-stream" in request.headers.get("accept", ""):
+            return EventSourceResponse(self._stream(sub_cm, sub, session.id, message_id),
+                                       ping=int(rt.settings.server.sse_ping_seconds))
+        try:
+            async for kind, data in _reply(sub, message_id):
+                if kind == "done":
+                    return JSONResponse({"sessionId": session.id, "messageId": data["messageId"],
+                                         "text": data["text"]})
+                if kind == "error":
+                    return error(502, data.get("code", "agent_error"), data.get("message", "the agent failed"))
+        finally:
+            await sub_cm.__aexit__(None, None, None)
+        return error(504, "reply_timeout", "no reply arrived in time; read it later from GET /v1/sessions/{id}")
+
+    async def _session(
+        self, agent: str, session_id: str | None, contact: ContactRef | None, metadata: dict[str, Any]
+    ) -> SessionRecord:
+        rt = self.rt
+        if session_id is not None:
+            session = await rt.store.session(session_id)
+            if session is None or session.agent_id != agent:
+                raise NotFound(f"no session {session_id!r} for agent {agent!r}", code="unknown_session")
+            if not session.active:
+                raise Conflict(f"session {session_id} has ended", code="session_ended")
+            return session
+        if contact is not None:
+            found = await rt.store.sessions(SessionQuery(agent=agent, contact=contact.address, channel="api",
+                                                         status="active", limit=1))
+            if found:
+                return found[0]
+        return await rt.service.start_session(agent_id=agent, channel=Channel.API, contact=contact,
+                                              metadata=metadata)
+
+    async def _stream(
+        self, sub_cm: Any, sub: Subscription, session_id: str, message_id: str
+    ) -> AsyncIterator[ServerSentEvent]:
+        try:
+            yield ServerSentEvent(event="session", data=json.dumps({"sessionId": session_id,
+                                                                    "messageId": message_id}))
+            async for kind, data in _reply(sub, message_id):
+                yield ServerSentEvent(event=kind, data=json.dumps(data, ensure_ascii=False))
+        finally:
+            await sub_cm.__aexit__(None, None, None)
+
+
+def _contact(value: Any) -> ContactRef | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and 0 < len(value) <= 128:
+        return ContactRef(channel=Channel.API, address=value)
+    if isinstance(value, dict) and isinstance(value.get("id"), str) and 0 < len(value["id"]) <= 128:
+        name = value.get("name")
+        return ContactRef(channel=Channel.API, address=value["id"], name=name if isinstance(name, str) else None)
+    raise BadRequest("`contact` must be an id string or {id, name?}", code="invalid_contact")
+
+
+async def _reply(sub: Subscription, message_id: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """The reply to one user message: `token`s, then `done` or `error`.
+
+    The reply is the first turn whose `answered` list holds the message (a turn
+    already running when it arrived answers earlier messages only). Tokens carry
+    the last message their turn answers; message ids sort by creation, so a turn
+    whose last answered id is not older than ours is the one answering ours.
+    """
+    reply_id: str | None = None
+    try:
+        async with asyncio.timeout(REPLY_TIMEOUT_SECONDS):
+            while True:
+                raw = await sub.get()
+                header, _, body = raw.partition(b"\n")
+                kind = header[: header.index(b"\t")]
+                if kind == b"bot.token":
+                    obj = json.loads(body)
+                    if reply_id is None and obj.get("inReplyTo", "") >= message_id:
+                        reply_id = obj["messageId"]  # ids sort by time: this turn includes ours
+                    if obj["messageId"] == reply_id:
+                        yield "token", {"messageId": obj["messageId"], "text": obj["text"]}
+                elif kind == b"bot.message":
+                    obj = json.loads(body)
+                    if message_id in obj.get("answered", [obj.get("inReplyTo")]):
+                        yield "done", {"messageId": obj["messageId"], "text": obj["text"]}
+                        return
+                elif kind == b"session.error":
+                    obj = json.loads(body)
+                    if obj.get("inReplyTo") == message_id or message_id in obj.get("answered", []):
+                        yield "error", {"code": obj.get("code"), "message": obj.get("message")}
+                        return
+                elif kind == b"session.ended":
+                    yield "error", {"code": "session_ended", "message": "the session ended"}
+                    return
+    except (TimeoutError, SubscriptionClosed):
+        return

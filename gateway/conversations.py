@@ -1,0 +1,332 @@
+"""The conversation service: the one writer of conversations.
+
+Channels hand it typed inbound messages; it stores them (the store publishes the
+events after the commit), runs one turn at a time per session through the agent,
+streams the agent's deltas as live `bot.token` events, and stores the finished reply.
+Observers (SSE feeds, chat sockets, agent processes) only read the bus and the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from gateway import ids
+from gateway.agents.base import (
+    Agent,
+    ChatMessage,
+    TextDelta,
+    ToolCall,
+    ToolCallsRequested,
+    ToolResultReady,
+    Turn,
+)
+from gateway.bus.facade import Bus
+from gateway.directory import AgentDirectory
+from gateway.errors import BadRequest, Conflict, GatewayError, NotFound
+from gateway.events import ContactRef, Event, InboundMessage
+from gateway.metrics import Metrics
+from gateway.settings import AgentConfig, Settings
+from gateway.store.records import MessageRecord, SessionRecord
+from gateway.store.sql import Ingested, NewMessage, Store
+from gateway.turns import TurnRunner
+from gateway.types import Channel, EventType
+
+log = logging.getLogger("gateway.conversations")
+
+
+class AgentFactory(Protocol):
+    def agent_for(self, agent_id: str, config: AgentConfig) -> Agent: ...
+
+
+def check_text(text: object, limit: int) -> str:
+    """The text rules every channel applies to what a user types."""
+    if not isinstance(text, str):
+        raise BadRequest("`text` must be a string", code="invalid_text")
+    if not text.strip():
+        raise BadRequest("`text` must not be empty", code="empty_text")
+    if len(text) > limit:
+        raise BadRequest(f"`text` is longer than {limit} characters", code="text_too_long")
+    return text
+
+
+class TokenStream:
+    """Publishes a reply's deltas as `bot.token` events, coalesced every `flush_s`.
+
+    With `flush_s == 0` every delta is its own event. Otherwise deltas that arrive
+    within the window are sent together (fewer frames; PERFORMANCE.md lesson 3).
+    """
+
+    def __init__(self, bus: Bus, base: Event, flush_s: float) -> None:
+        self._bus = bus
+        self._base = base
+        self._flush_s = flush_s
+        self._buf: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self.count = 0
+
+    def add(self, text: str) -> None:
+        self.count += 1
+        if not self._flush_s:
+            self._emit(text)
+            return
+        self._buf.append(text)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._flush_s, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._buf:
+            text, self._buf = "".join(self._buf), []
+            self._emit(text)
+
+    def _emit(self, text: str) -> None:
+        b = self._base
+        self._bus.publish(Event(type=EventType.BOT_TOKEN, agent=b.agent, session_id=b.session_id,
+                                channel=b.channel, data={**b.data, "text": text}))
+
+
+class ConversationService:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        bus: Bus,
+        directory: AgentDirectory,
+        agents: AgentFactory,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.bus = bus
+        self.directory = directory
+        self.agents = agents
+        self.metrics = metrics
+        self.turns = TurnRunner(self._run_turn)
+        self._flush_s = settings.server.token_flush_ms / 1000
+
+    # ------------------------------------------------------------- sessions
+
+    async def start_session(
+        self,
+        *,
+        agent_id: str,
+        channel: Channel,
+        contact: ContactRef | None = None,
+        direction: str = "inbound",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> SessionRecord:
+        self.directory.get(agent_id)
+        session, _ = await self.store.start_session(
+            agent_id=agent_id, channel=channel, contact=contact, direction=direction, meta=dict(metadata or {})
+        )
+        return session
+
+    async def session(self, session_id: str) -> SessionRecord:
+        session = await self.store.session(session_id)
+        if session is None:
+            raise NotFound(f"no session {session_id!r}", code="unknown_session")
+        return session
+
+    async def receive(self, message: InboundMessage) -> Ingested:
+        """Store a user message (durably, with its event), then schedule the turn."""
+        self.directory.get(message.agent)
+        if message.session_id is not None:
+            session = await self.session(message.session_id)
+            if not session.active:
+                raise Conflict(f"session {session.id} has ended", code="session_ended")
+        result = await self.store.ingest_message(
+            agent_id=message.agent, channel=message.channel, text=message.text, type=message.type,
+            contact=message.contact, session_id=message.session_id,
+            provider_message_id=message.provider_message_id, parts=message.parts,
+            meta=dict(message.metadata),
+        )
+        if result.message is not None and result.message.pending:
+            self.turns.submit(result.session.id)
+        return result
+
+    async def set_context(self, session_id: str, key: str, value: Any) -> None:
+        session = await self.session(session_id)
+        context = dict(session.context)
+        if value is None:
+            context.pop(key, None)
+        else:
+            context[key] = value
+        await self.store.update_session(session_id, context=context)
+
+    async def end_session(self, session_id: str, reason: str) -> SessionRecord:
+        self.turns.forget(session_id)
+        session, _ = await self.store.end_session(session_id, reason)
+        if session is None:
+            raise NotFound(f"no session {session_id!r}", code="unknown_session")
+        return session
+
+    async def erase_session(self, session_id: str) -> SessionRecord:
+        self.turns.forget(session_id)
+        session, _ = await self.store.erase_session(session_id)
+        if session is None:
+            raise NotFound(f"no session {session_id!r}", code="unknown_session")
+        return session
+
+    async def resume_pending(self) -> int:
+        """After a restart: run the turns whose user messages were never answered."""
+        sessions = await self.store.pending_sessions()
+        for session_id in sessions:
+            self.turns.submit(session_id)
+        if sessions:
+            log.info("resuming %d pending turns", len(sessions))
+        return len(sessions)
+
+    # ---------------------------------------------------------------- turns
+
+    async def _run_turn(self, session_id: str) -> None:
+        session = await self.store.session(session_id)
+        if session is None or not session.active:
+            return
+        messages = await self.store.messages(session_id)
+        pending = [m for m in messages if m.pending and m.role == "user"]
+        if not pending:
+            return
+        config = self.directory.find(session.agent_id)
+        reply_id = ids.message_id()
+        last = pending[-1].id
+
+        def event(type_: EventType, data: dict[str, Any]) -> Event:
+            return Event(type=type_, agent=session.agent_id, session_id=session_id, channel=session.channel,
+                         data=data)
+
+        if config is None:
+            await self._fail(session, pending, last, "unknown_agent", f"agent {session.agent_id!r} is gone")
+            return
+        turn = Turn(
+            turn_id=reply_id, session_id=session_id, agent_id=session.agent_id, agent=config,
+            channel=Channel(session.channel),
+            contact=None if session.contact is None else ContactRef(
+                channel=Channel(session.contact.channel), address=session.contact.address,
+                name=session.contact.name),
+            messages=tuple(_chat(m) for m in pending),
+            history=tuple(_chat(m) for m in messages if not m.pending and m.role in _HISTORY_ROLES),
+            context=session.context, prompt=session.prompt or config.prompt,
+            prompt_vars=session.prompt_vars, metadata=session.meta,
+        )
+        ephemeral_tools = {t.name for t in config.tools if t.ephemeral}
+        tokens = TokenStream(self.bus, event(EventType.BOT_TOKEN, {"messageId": reply_id, "inReplyTo": last}),
+                             self._flush_s)
+        parts: list[str] = []
+        extra: list[NewMessage] = []
+        started = time.perf_counter()
+        first_token: float | None = None
+        try:
+            stream = self.agents.agent_for(session.agent_id, config).run(turn)
+        except GatewayError as exc:
+            await self._fail(session, pending, last, exc.code, exc.message)
+            return
+        try:
+            async for out in stream:
+                if isinstance(out, TextDelta):
+                    if not out.text:
+                        continue
+                    if first_token is None:
+                        first_token = time.perf_counter()
+                    parts.append(out.text)
+                    tokens.add(out.text)
+                elif isinstance(out, ToolCallsRequested):
+                    tokens.flush()
+                    kept = [c for c in out.calls if c.name not in ephemeral_tools]
+                    call_event = event(EventType.TOOL_CALL, {
+                        "messageId": reply_id, "toolCalls": [_call_json(c) for c in out.calls]})
+                    if kept:
+                        await self.store.append_events([call_event])
+                        extra.append(NewMessage(id=ids.message_id(), role="assistant", text=out.text,
+                                                parts=[{"toolCalls": [_call_json(c) for c in kept]}]))
+                    else:
+                        self.bus.publish(call_event)  # ephemeral: live only, never stored
+                elif isinstance(out, ToolResultReady):
+                    if out.ephemeral or out.name in ephemeral_tools:
+                        continue
+                    await self.store.append_events([event(EventType.TOOL_RESULT, {
+                        "toolCallId": out.call_id, "name": out.name, "result": out.result})])
+                    extra.append(NewMessage(id=ids.message_id(), role="tool", text=_result_text(out.result),
+                                            parts=[{"toolCallId": out.call_id, "name": out.name}]))
+        except GatewayError as exc:
+            tokens.flush()
+            await self._fail(session, pending, last, exc.code, exc.message)
+            return
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as exc:  # a bug in an agent implementation: the session must survive it
+            log.exception("agent crashed", extra={"session_id": session_id})
+            tokens.flush()
+            await self._fail(session, pending, last, "agent_crashed", f"the agent failed: {exc!r}")
+            return
+        finally:
+            close = getattr(stream, "aclose", None)
+            if close is not None:  # closes the upstream stream promptly on cancel
+                await close()
+        tokens.flush()
+        total = time.perf_counter() - started
+        ttft = None if first_token is None else first_token - started
+        text = "".join(parts)
+        timings: dict[str, float] = {"totalMs": round(total * 1000, 1)}
+        if ttft is not None:
+            timings["firstTokenMs"] = round(ttft * 1000, 1)
+        reply = NewMessage(id=reply_id, role="assistant", text=text, in_reply_to=last)
+        await self.store.record_reply(
+            session_id=session_id,
+            answered=[m.id for m in pending],
+            messages=[*extra, reply],
+            events=[event(EventType.BOT_MESSAGE, {
+                "messageId": reply_id, "text": text, "source": "agent", "inReplyTo": last,
+                "answered": [m.id for m in pending], "timings": timings})],
+        )
+        agent = session.agent_id
+        self.metrics.turns.labels(agent, "ok").inc()
+        self.metrics.turn_seconds.labels(agent).observe(total)
+        if ttft is not None:
+            self.metrics.ttft_seconds.labels(agent).observe(ttft)
+        self.metrics.tokens.labels(agent).inc(tokens.count)
+
+    async def _fail(
+        self, session: SessionRecord, pending: list[MessageRecord], last: str, code: str, message: str
+    ) -> None:
+        log.warning("turn failed: %s", message, extra={"session_id": session.id, "message_id": last})
+        self.metrics.turns.labels(session.agent_id, "error").inc()
+        await self.store.settle_pending(
+            session.id,
+            [m.id for m in pending],
+            [Event(type=EventType.SESSION_ERROR, agent=session.agent_id, session_id=session.id,
+                   channel=session.channel, data={"code": code, "message": message, "inReplyTo": last})],
+        )
+
+
+_HISTORY_ROLES = frozenset({"user", "assistant", "tool"})
+
+
+def _call_json(call: ToolCall) -> dict[str, str]:
+    return {"id": call.id, "name": call.name, "arguments": call.arguments}
+
+
+def _result_text(result: Any) -> str:
+    return result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
+
+
+def _chat(m: MessageRecord) -> ChatMessage:
+    """A stored message as history for the model."""
+    calls: tuple[ToolCall, ...] = ()
+    call_id = name = None
+    for part in m.parts:
+        if isinstance(part, dict):
+            if "toolCalls" in part:
+                calls = tuple(ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"])
+                              for c in part["toolCalls"])
+            if "toolCallId" in part:
+                call_id, name = part["toolCallId"], part.get("name")
+    return ChatMessage(role=m.role, content=m.text, source=m.source, tool_calls=calls,
+                       tool_call_id=call_id, name=name, message_id=m.id)

@@ -1,0 +1,83 @@
+"""The normalized conversation model: frozen, keyword-only events.
+
+Channels parse provider payloads into these once, at the edge; everything after the
+edge speaks only these types. `Event` is the one shape every stream carries
+(PROTOCOL §2); `codec` is the only place it meets JSON.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.types import Channel, EventType
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Event:
+    """One thing that happened. `seq` is set once the event is persisted."""
+
+    type: EventType | str
+    agent: str
+    ts: int = field(default_factory=now_ms)
+    session_id: str | None = None
+    channel: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+    seq: int | None = None
+
+    def with_seq(self, seq: int) -> Event:
+        return Event(
+            type=self.type,
+            agent=self.agent,
+            ts=self.ts,
+            session_id=self.session_id,
+            channel=self.channel,
+            data=self.data,
+            seq=seq,
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The camelCase JSON object of PROTOCOL §2."""
+        out: dict[str, Any] = {"event": str(self.type)}
+        if self.seq is not None:
+            out["seq"] = self.seq
+        out["ts"] = self.ts
+        out["agent"] = self.agent
+        if self.session_id is not None:
+            out["sessionId"] = self.session_id
+        if self.channel is not None:
+            out["channel"] = self.channel
+        for key, value in self.data.items():
+            if key not in out:
+                out[key] = value
+        return out
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ContactRef:
+    """A person on a channel: a WhatsApp wa_id, an E.164 number or a userId."""
+
+    channel: Channel
+    address: str
+    name: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class InboundMessage:
+    """A user's message as a channel hands it to the conversation service."""
+
+    agent: str
+    channel: Channel
+    contact: ContactRef | None
+    text: str
+    type: str = "text"
+    session_id: str | None = None
+    provider_message_id: str | None = None
+    parts: tuple[Mapping[str, Any], ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict)

@@ -1,0 +1,27 @@
+"""The services one running gateway is made of, built by the composition root."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from gateway.auth import Auth
+from gateway.bus.facade import Bus
+from gateway.conversations import ConversationService
+from gateway.directory import AgentDirectory
+from gateway.metrics import Metrics
+from gateway.settings import Settings
+from gateway.store.sql import Store
+
+
+@dataclass(kw_only=True)
+class Runtime:
+    settings: Settings
+    store: Store
+    bus: Bus
+    directory: AgentDirectory
+    auth: Auth
+    service: ConversationService
+    metrics: Metrics
+    # Set when the server begins to shut down: long-lived connections close cleanly.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)

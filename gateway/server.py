@@ -1,0 +1,177 @@
+"""The composition root: settings → store, bus, services, channels → a Starlette app.
+
+`create_app(settings)` only builds objects (nothing connects); the lifespan opens
+and closes resources. `serve()` runs uvicorn with a shutdown hook that tells the
+long-lived connections to close cleanly before uvicorn waits for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from channels.chat.channel import ChatChannel
+from channels.sse.feed import FeedChannel
+from gateway.agents.factory import AgentFactory
+from gateway.api.http import on_crash, on_gateway_error, on_http_error
+from gateway.api.messages import MessageRoutes
+from gateway.api.ops import OpsRoutes
+from gateway.api.sessions import SessionRoutes
+from gateway.api.tokens import TokenRoutes
+from gateway.auth import Auth, origin_allowed
+from gateway.bus.facade import Bus
+from gateway.conversations import ConversationService
+from gateway.directory import AgentDirectory
+from gateway.errors import GatewayError
+from gateway.metrics import Metrics
+from gateway.runtime import Runtime
+from gateway.settings import Settings
+from gateway.store.db import create_engine, ensure_schema
+from gateway.store.sql import Store
+
+log = logging.getLogger("gateway.server")
+
+
+def build_runtime(settings: Settings, env: Mapping[str, str] | None = None) -> Runtime:
+    env = os.environ if env is None else env
+    metrics = Metrics()
+    bus = Bus.from_url(settings.server.bus_url)
+
+    def published(events: list[Any]) -> None:
+        bus.publish_all(events)
+        for e in events:
+            metrics.events.labels(str(e.type)).inc()
+
+    store = Store(create_engine(settings.server.database_url), on_commit=published)
+    directory = AgentDirectory(settings)
+    service = ConversationService(settings=settings, store=store, bus=bus, directory=directory,
+                                  agents=AgentFactory(), metrics=metrics)
+    return Runtime(settings=settings, store=store, bus=bus, directory=directory,
+                   auth=Auth(settings, store, env), service=service, metrics=metrics)
+
+
+class MetricsMiddleware:
+    """Counts requests by route (the endpoint's name, never the raw path)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = [500]
+
+        async def tap(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tap)
+        finally:
+            endpoint = scope.get("endpoint")
+            route = getattr(endpoint, "__qualname__", None) or "unmatched"
+            self.metrics.requests.labels(scope["method"], route, str(status[0])).inc()
+
+
+def create_app(settings: Settings, *, env: Mapping[str, str] | None = None,
+               runtime: Runtime | None = None) -> Starlette:
+    rt = runtime or build_runtime(settings, env)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        server = settings.server
+        await ensure_schema(rt.store.engine, server.database_url, migrate=server.auto_migrate)
+        await rt.store.sync_agents(rt.directory.as_json())
+        await rt.bus.connect()
+        await rt.service.resume_pending()
+        log.info("gateway ready", extra={"agent": ",".join(rt.directory.ids())})
+        try:
+            yield {"runtime": rt}
+        finally:
+            rt.stopping.set()
+            await rt.service.turns.shutdown(server.shutdown_grace_seconds)
+            await rt.bus.disconnect()
+            await rt.store.close()
+            log.info("gateway stopped")
+
+    routes: list[BaseRoute] = [Route("/v1/tokens", _preflight(rt), methods=["OPTIONS"])]
+    for part in (TokenRoutes(rt), MessageRoutes(rt), SessionRoutes(rt), FeedChannel(rt), ChatChannel(rt),
+                 OpsRoutes(rt)):
+        routes.extend(part.routes())
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={GatewayError: on_gateway_error, HTTPException: on_http_error, Exception: on_crash},
+    )
+    app.add_middleware(MetricsMiddleware, metrics=rt.metrics)  # type: ignore[arg-type]
+    app.state.runtime = rt
+    return app
+
+
+def _preflight(rt: Runtime) -> Any:
+    async def preflight(request: Request) -> Response:
+        """CORS preflight for minting tokens from a page on an allowed origin."""
+        origin = request.headers.get("origin")
+        if not any(origin_allowed(origin, rt.directory.get(a).allowed_origins) for a in rt.directory.ids()):
+            return Response(status_code=403)
+        return Response(status_code=204, headers={
+            "access-control-allow-origin": origin or "",
+            "access-control-allow-methods": "POST",
+            "access-control-allow-headers": "content-type",
+            "access-control-max-age": "600",
+            "vary": "Origin",
+        })
+
+    return preflight
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn, plus: on SIGINT/SIGTERM, tell feeds and sockets to close first.
+
+    uvicorn waits for open connections before it runs the lifespan shutdown; SSE
+    feeds and WebSockets never end on their own, so without this they would hold
+    the shutdown for the whole graceful timeout.
+    """
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.runtime.stopping.set()
+        super().handle_exit(sig, frame)
+
+    def stop(self) -> None:
+        """Shut down as on SIGTERM, without re-raising a signal afterwards (tests, embedding)."""
+        self.runtime.stopping.set()
+        self.should_exit = True
+
+
+def server_for(settings: Settings, *, env: Mapping[str, str] | None = None, port: int | None = None,
+               log_config: dict[str, Any] | None = None) -> GatewayServer:
+    rt = build_runtime(settings, env)
+    app = create_app(settings, env=env, runtime=rt)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port if port is None else port,
+        ws_per_message_deflate=False,  # token streams: deflate costs more than it saves
+        log_config=log_config,
+        timeout_graceful_shutdown=int(settings.server.shutdown_grace_seconds) + 5,
+        lifespan="on",
+    )
+    return GatewayServer(config, rt)

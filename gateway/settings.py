@@ -1,0 +1,208 @@
+"""Settings, built once from `gateway.toml` plus `GATEWAY_*` variables and passed down.
+
+Nothing here reads the environment or the disk at import time: `load_settings`
+does, once, in the CLI; tests call `Settings.from_dict`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///gateway.db"
+LOCAL_ORIGINS = ["http://localhost:*", "http://127.0.0.1:*"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LlmConfig(_Model):
+    base_url: str = "https://api.openai.com/v1"
+    model: str
+    api_key_env: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = Field(default=None, gt=0)
+    request_timeout_seconds: float = Field(default=60.0, gt=0)
+    first_token_timeout_seconds: float = Field(default=30.0, gt=0)
+    history_budget_chars: int = Field(default=24_000, gt=0)
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolConfig(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    url: str | None = None
+    ephemeral: bool = False
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class WebhookConfig(_Model):
+    url: str
+    secret_env: str | None = None
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    history_messages: int = Field(default=20, ge=0)
+
+
+class LimitsConfig(_Model):
+    idle_timeout_seconds: int = Field(default=7200, gt=0)
+    max_text_chars: int = Field(default=4096, gt=0)
+    max_duration_seconds: int = Field(default=600, gt=0)
+    max_tool_rounds: int = Field(default=5, ge=0)
+    history_conversations: int = Field(default=5, ge=0)
+    history_messages: int = Field(default=20, ge=0)
+    process_reconnect_seconds: float = Field(default=30.0, ge=0)
+
+
+class AgentConfig(_Model):
+    answer: Literal["echo", "llm", "webhook", "process"] = "echo"
+    prompt: str = ""
+    greeting: str | None = None
+    allowed_origins: list[str] = Field(default_factory=list)
+    dev_routes: dict[str, str] = Field(default_factory=dict)
+    echo_delay_ms: float = Field(default=40.0, ge=0)
+    llm: LlmConfig | None = None
+    webhook: WebhookConfig | None = None
+    tools: list[ToolConfig] = Field(default_factory=list)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    # Channel bindings: typed by their channel issues; kept as raw tables until then.
+    whatsapp: list[dict[str, Any]] = Field(default_factory=list)
+    twilio: list[dict[str, Any]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _answer_has_its_table(self) -> AgentConfig:
+        if self.answer == "llm" and self.llm is None:
+            raise ValueError("answer = 'llm' needs an [agents.<id>.llm] table with at least `model`")
+        if self.answer == "webhook" and self.webhook is None:
+            raise ValueError("answer = 'webhook' needs an [agents.<id>.webhook] table with `url`")
+        return self
+
+
+class ApiKeyConfig(_Model):
+    name: str
+    key_env: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
+class ServerConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str | None = None
+    database_url: str = DEFAULT_DATABASE_URL
+    bus_url: str = "memory://"
+    admin_key: str | None = None
+    auto_migrate: bool = False
+    log_level: str = "info"
+    log_json: bool = True
+    sse_ping_seconds: float = Field(default=30.0, gt=0)
+    sse_buffer_events: int = Field(default=1000, gt=0)
+    sse_send_timeout_seconds: float = Field(default=10.0, gt=0)
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    max_frame_bytes: int = Field(default=65_536, gt=0)
+    token_ttl_seconds: int = Field(default=60, gt=0)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    token_flush_ms: float = Field(default=0.0, ge=0)
+
+    @field_validator("bus_url")
+    @classmethod
+    def _known_bus(cls, value: str) -> str:
+        scheme = value.split(":", 1)[0]
+        if scheme not in {"memory", "redis", "rediss"}:
+            raise ValueError("a bus URL starting with memory:// or redis://")
+        return value
+
+
+class Settings(_Model):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    agents: dict[str, AgentConfig] = Field(default_factory=dict)
+    api_keys: list[ApiKeyConfig] = Field(default_factory=list)
+    source: str = "<embedded default>"
+
+    @field_validator("agents")
+    @classmethod
+    def _slugs(cls, value: dict[str, AgentConfig]) -> dict[str, AgentConfig]:
+        for name in value:
+            if not name or not all(c.isalnum() or c in "-_" for c in name):
+                raise ValueError(f"agent ids made of letters, digits, '-' and '_' (got {name!r})")
+        return value
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> Settings:
+        try:
+            return cls.model_validate({**data, "source": source})
+        except ValidationError as exc:
+            raise ConfigError(_describe(source, exc)) from None
+
+    @classmethod
+    def embedded_default(cls, **server: Any) -> Settings:
+        return cls.from_dict(
+            {
+                "server": {"auto_migrate": True, **server},
+                "agents": {"demo": {"answer": "echo", "allowed_origins": LOCAL_ORIGINS}},
+            },
+            source="<embedded default>",
+        )
+
+
+def _describe(source: str, exc: ValidationError) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        expected = err["msg"]
+        if err["type"] == "extra_forbidden":
+            expected = "no such key (check the spelling; see docs/configuration.md)"
+        got = err.get("input")
+        shown = "" if err["type"] in {"missing", "extra_forbidden"} else f" (got {got!r})"
+        lines.append(f"  {key}: {expected}{shown}")
+    return "\n".join(lines)
+
+
+_ENV_KEYS: dict[str, tuple[str, type]] = {
+    "GATEWAY_DATABASE_URL": ("database_url", str),
+    "GATEWAY_BUS_URL": ("bus_url", str),
+    "GATEWAY_ADMIN_KEY": ("admin_key", str),
+    "GATEWAY_PUBLIC_URL": ("public_url", str),
+    "GATEWAY_HOST": ("host", str),
+    "GATEWAY_PORT": ("port", int),
+    "GATEWAY_LOG_LEVEL": ("log_level", str),
+}
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Read the config file (if any) and the environment, once."""
+    env = os.environ if env is None else env
+    path = path or env.get("GATEWAY_CONFIG")
+    server_env: dict[str, Any] = {}
+    for var, (key, kind) in _ENV_KEYS.items():
+        if var in env and env[var] != "":
+            try:
+                server_env[key] = kind(env[var])
+            except ValueError:
+                raise ConfigError(f"{var}: expected {kind.__name__} (got {env[var]!r})") from None
+    server_env.update({k: v for k, v in overrides.items() if v is not None})
+    if not path:
+        return Settings.embedded_default(**server_env)
+    file = Path(path)
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: no such configuration file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    server = data.get("server", {})
+    if not isinstance(server, dict):
+        raise ConfigError(f"{file}: server: expected a table")
+    data["server"] = {**server, **server_env}
+    return Settings.from_dict(data, source=str(file))

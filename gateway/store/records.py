@@ -1,0 +1,76 @@
+"""Plain frozen records the store hands out: callers never see ORM rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ContactRecord:
+    id: str
+    channel: str
+    address: str
+    name: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SessionRecord:
+    id: str
+    agent_id: str
+    channel: str
+    contact: ContactRecord | None
+    direction: str
+    status: str
+    paused: bool
+    meta: dict[str, Any]
+    context: dict[str, Any]
+    prompt_vars: dict[str, Any]
+    prompt: str | None
+    started_at: int
+    last_message_at: int
+    last_inbound_at: int | None
+    ended_at: int | None
+    end_reason: str | None
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MessageRecord:
+    id: str
+    session_id: str
+    channel: str
+    role: str
+    source: str
+    type: str
+    text: str
+    parts: list[Any] = field(default_factory=list)
+    provider_message_id: str | None = None
+    status: str | None = None
+    error: dict[str, Any] | None = None
+    in_reply_to: str | None = None
+    pending: bool = False
+    author: str | None = None
+    created_at: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ApiKeyRecord:
+    id: str
+    name: str
+    prefix: str
+    tenant: str | None
+    created_at: int
+    revoked_at: int | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TokenRecord:
+    agent_id: str
+    channel: str
+    session_id: str | None
+    meta: dict[str, Any]
+    expires_at: int

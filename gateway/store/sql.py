@@ -1,0 +1,561 @@
+"""The store: every query and transaction of the gateway, and nothing else.
+
+Each public method is one transaction. Writes that create events append them to the
+event log inside the same transaction and return them with their `seq`, so the
+caller can publish them after the commit (store first, then publish).
+
+`seq` is commit-ordered: SQLite has one writer at a time; on PostgreSQL the append
+takes a transaction-level advisory lock, held to the commit, so a reader that saw
+`seq = n` never later finds a smaller committed `seq` (across processes too).
+
+Writers in this process are also serialized by one asyncio lock, held through the
+commit and the synchronous `on_commit` hand-off of the new events to the bus: the
+bus therefore sees this process's events in `seq` order, and a feed that dedupes
+by `seq` never skips one. (On SQLite the lock also makes writers queue instead of
+failing with SQLITE_BUSY.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from gateway import ids
+from gateway.events import ContactRef, Event, now_ms
+from gateway.store.models import (
+    AgentRow,
+    ApiKeyRow,
+    BrowserTokenRow,
+    ContactRow,
+    EventRow,
+    MessageRow,
+    SessionRow,
+)
+from gateway.store.records import (
+    ApiKeyRecord,
+    ContactRecord,
+    MessageRecord,
+    SessionRecord,
+    TokenRecord,
+)
+from gateway.types import Channel, EventType, SessionStatus
+
+_EVENT_LOCK_KEY = 7_270_001
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Ingested:
+    """What `ingest_message` did."""
+
+    session: SessionRecord
+    message: MessageRecord | None  # None when the message was a duplicate
+    events: list[Event] = field(default_factory=list)
+    duplicate: bool = False
+    started: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NewMessage:
+    """A message the turn runner records with a reply (assistant text, tool calls, tool results)."""
+
+    id: str
+    role: str
+    text: str = ""
+    source: str = "agent"
+    parts: list[Any] = field(default_factory=list)
+    in_reply_to: str | None = None
+    author: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SessionQuery:
+    agent: str | None = None
+    agents: frozenset[str] | None = None  # visibility scope (tenants); None = all
+    contact: str | None = None  # contact id or address
+    channel: str | None = None
+    status: str | None = None
+    paused: bool | None = None
+    since: int | None = None
+    until: int | None = None
+    limit: int = 50
+    cursor: tuple[int, str] | None = None  # (started_at, id) of the last row seen
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine, on_commit: Callable[[list[Event]], None] | None = None) -> None:
+        self.engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._pg = engine.dialect.name == "postgresql"
+        self._write_lock = asyncio.Lock()
+        self.on_commit = on_commit
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncSession]:
+        async with self._write_lock:
+            async with self._sessions.begin() as s:
+                yield s
+            appended: list[Event] = s.info.get("events", [])
+            if appended and self.on_commit is not None:
+                self.on_commit(appended)
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncSession]:
+        async with self._sessions() as s:
+            yield s
+
+    # ------------------------------------------------------------------ events
+
+    async def _append(self, s: AsyncSession, events: Iterable[Event]) -> list[Event]:
+        events = list(events)
+        if not events:
+            return []
+        if self._pg:
+            await s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _EVENT_LOCK_KEY})
+        rows = [
+            EventRow(
+                ts=e.ts,
+                type=str(e.type),
+                agent_id=e.agent,
+                session_id=e.session_id,
+                channel=e.channel,
+                data=dict(e.data),
+            )
+            for e in events
+        ]
+        s.add_all(rows)
+        await s.flush()
+        stored = [e.with_seq(r.seq) for e, r in zip(events, rows, strict=True)]
+        s.info.setdefault("events", []).extend(stored)
+        return stored
+
+    async def append_events(self, events: Iterable[Event]) -> list[Event]:
+        async with self._write() as s:
+            return await self._append(s, events)
+
+    async def events_after(
+        self,
+        seq: int,
+        *,
+        agents: Iterable[str] | None = None,
+        session_id: str | None = None,
+        types: Iterable[str] | None = None,
+        limit: int = 500,
+    ) -> list[Event]:
+        q = select(EventRow).where(EventRow.seq > seq).order_by(EventRow.seq).limit(limit)
+        if agents is not None:
+            q = q.where(EventRow.agent_id.in_(list(agents)))
+        if session_id is not None:
+            q = q.where(EventRow.session_id == session_id)
+        if types is not None:
+            q = q.where(EventRow.type.in_(list(types)))
+        async with self._read() as s:
+            rows = (await s.scalars(q)).all()
+        return [_event(r) for r in rows]
+
+    async def last_seq(self) -> int:
+        async with self._read() as s:
+            return int((await s.scalar(select(func.max(EventRow.seq)))) or 0)
+
+    # ------------------------------------------------------------------ agents
+
+    async def sync_agents(self, configs: dict[str, dict[str, Any]], origin: str = "config") -> None:
+        now = now_ms()
+        async with self._write() as s:
+            existing = {r.id: r for r in (await s.scalars(select(AgentRow))).all()}
+            for agent_id, config in configs.items():
+                row = existing.get(agent_id)
+                if row is None:
+                    s.add(AgentRow(id=agent_id, origin=origin, config=config, paused=False,
+                                   created_at=now, updated_at=now))
+                elif row.config != config or row.origin != origin:
+                    row.config, row.origin, row.updated_at = config, origin, now
+
+    async def agent_rows(self) -> dict[str, tuple[str, dict[str, Any], bool]]:
+        async with self._read() as s:
+            rows = (await s.scalars(select(AgentRow))).all()
+        return {r.id: (r.origin, r.config, r.paused) for r in rows}
+
+    # ---------------------------------------------------------------- API keys
+
+    async def add_api_key(self, *, name: str, prefix: str, sha256: str, tenant: str | None) -> ApiKeyRecord:
+        row = ApiKeyRow(id=ids.key_id(), name=name, prefix=prefix, sha256=sha256, tenant=tenant,
+                        created_at=now_ms(), revoked_at=None)
+        async with self._write() as s:
+            s.add(row)
+        return _key(row)
+
+    async def api_key_by_hash(self, sha256: str) -> ApiKeyRecord | None:
+        async with self._read() as s:
+            row = await s.scalar(select(ApiKeyRow).where(ApiKeyRow.sha256 == sha256))
+        return None if row is None else _key(row)
+
+    async def api_keys(self) -> list[ApiKeyRecord]:
+        async with self._read() as s:
+            return [_key(r) for r in (await s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at)))]
+
+    async def revoke_api_key(self, key: str) -> bool:
+        async with self._write() as s:
+            res = await s.execute(
+                update(ApiKeyRow)
+                .where(or_(ApiKeyRow.id == key, ApiKeyRow.prefix == key), ApiKeyRow.revoked_at.is_(None))
+                .values(revoked_at=now_ms())
+            )
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    # ---------------------------------------------------------- browser tokens
+
+    async def add_token(self, sha256: str, token: TokenRecord) -> None:
+        async with self._write() as s:
+            s.add(BrowserTokenRow(sha256=sha256, agent_id=token.agent_id, channel=token.channel,
+                                  session_id=token.session_id, meta=token.meta,
+                                  expires_at=token.expires_at, used_at=None))
+            # Housekeeping on the write path keeps the table small without a timer.
+            await s.execute(delete(BrowserTokenRow).where(BrowserTokenRow.expires_at < now_ms() - 3_600_000))
+
+    async def consume_token(self, sha256: str) -> TokenRecord | None:
+        """Mark a token used, atomically: a second use (from any process) gets None."""
+        now = now_ms()
+        async with self._write() as s:
+            res = await s.execute(
+                update(BrowserTokenRow)
+                .where(
+                    BrowserTokenRow.sha256 == sha256,
+                    BrowserTokenRow.used_at.is_(None),
+                    BrowserTokenRow.expires_at > now,
+                )
+                .values(used_at=now)
+            )
+            if not res.rowcount:  # type: ignore[attr-defined]
+                return None
+            row = await s.get_one(BrowserTokenRow, sha256)
+            return TokenRecord(agent_id=row.agent_id, channel=row.channel, session_id=row.session_id,
+                               meta=row.meta, expires_at=row.expires_at)
+
+    # -------------------------------------------------------- sessions, ingest
+
+    async def _contact(self, s: AsyncSession, ref: ContactRef) -> ContactRow:
+        row = await s.scalar(
+            select(ContactRow).where(ContactRow.channel == str(ref.channel), ContactRow.address == ref.address)
+        )
+        if row is None:
+            row = ContactRow(id=ids.contact_id(), channel=str(ref.channel), address=ref.address,
+                             name=ref.name, paused_agents=[], created_at=now_ms())
+            s.add(row)
+            await s.flush()
+        elif ref.name and row.name != ref.name:
+            row.name = ref.name
+        return row
+
+    async def _new_session(
+        self,
+        s: AsyncSession,
+        *,
+        agent_id: str,
+        channel: Channel,
+        contact: ContactRow | None,
+        direction: str,
+        meta: dict[str, Any],
+        session_id: str | None,
+        now: int,
+    ) -> tuple[SessionRow, Event]:
+        agent = await s.get(AgentRow, agent_id)
+        paused = bool(agent and agent.paused) or bool(contact and agent_id in contact.paused_agents)
+        row = SessionRow(
+            id=session_id or ids.session_id(channel), agent_id=agent_id, channel=str(channel),
+            contact_id=contact.id if contact else None, direction=direction,
+            status=SessionStatus.ACTIVE, paused=paused, meta=meta, context={}, prompt_vars={},
+            prompt=None, started_at=now, last_message_at=now, last_inbound_at=None,
+            ended_at=None, end_reason=None,
+        )
+        s.add(row)
+        await s.flush()
+        contact_json = {"id": contact.address, "name": contact.name} if contact else None
+        started = Event(
+            type=EventType.SESSION_STARTED, agent=agent_id, session_id=row.id, channel=str(channel), ts=now,
+            data={"contact": contact_json, "direction": direction, "metadata": meta},
+        )
+        return row, started
+
+    async def start_session(
+        self,
+        *,
+        agent_id: str,
+        channel: Channel,
+        contact: ContactRef | None = None,
+        direction: str = "inbound",
+        meta: dict[str, Any] | None = None,
+    ) -> tuple[SessionRecord, list[Event]]:
+        now = now_ms()
+        async with self._write() as s:
+            crow = await self._contact(s, contact) if contact else None
+            row, started = await self._new_session(
+                s, agent_id=agent_id, channel=channel, contact=crow, direction=direction,
+                meta=meta or {}, session_id=None, now=now,
+            )
+            events = await self._append(s, [started])
+            return _session(row, crow), events
+
+    async def ingest_message(
+        self,
+        *,
+        agent_id: str,
+        channel: Channel,
+        text: str,
+        type: str = "text",
+        contact: ContactRef | None = None,
+        session_id: str | None = None,
+        provider_message_id: str | None = None,
+        parts: Sequence[Any] = (),
+        meta: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Ingested:
+        """Store one inbound user message, its dedupe key and its event in one transaction.
+
+        With `session_id` the message joins that (active) session; otherwise it joins
+        the contact's active session with the agent on this channel, or starts one.
+        """
+        now = now_ms()
+        async with self._write() as s:
+            if provider_message_id is not None:
+                dup = await s.scalar(
+                    select(MessageRow.session_id).where(
+                        MessageRow.channel == str(channel), MessageRow.provider_message_id == provider_message_id
+                    )
+                )
+                if dup is not None:
+                    srow = await s.get_one(SessionRow, dup)
+                    return Ingested(session=_session(srow, await _contact_of(s, srow)), message=None,
+                                    duplicate=True)
+            crow = await self._contact(s, contact) if contact else None
+            events: list[Event] = []
+            started = False
+            srow_opt: SessionRow | None = None
+            if session_id is not None:
+                srow_opt = await s.get(SessionRow, session_id)
+                if crow is None and srow_opt is not None:
+                    crow = await _contact_of(s, srow_opt)
+            elif crow is not None:
+                srow_opt = await s.scalar(
+                    select(SessionRow).where(
+                        SessionRow.agent_id == agent_id, SessionRow.contact_id == crow.id,
+                        SessionRow.channel == str(channel), SessionRow.status == SessionStatus.ACTIVE,
+                    ).order_by(SessionRow.started_at.desc()).limit(1)
+                )
+            if srow_opt is None or srow_opt.status != SessionStatus.ACTIVE:
+                srow, ev = await self._new_session(
+                    s, agent_id=agent_id, channel=channel, contact=crow, direction="inbound",
+                    meta=meta or {}, session_id=None, now=now,
+                )
+                events.append(ev)
+                started = True
+            else:
+                srow = srow_opt
+            agent = await s.get(AgentRow, agent_id)
+            paused = srow.paused or bool(agent and agent.paused) or bool(
+                crow and agent_id in crow.paused_agents
+            )
+            mrow = MessageRow(
+                id=ids.message_id(), session_id=srow.id, channel=str(channel), role="user", source="user",
+                type=type, text=text, parts=list(parts), provider_message_id=provider_message_id,
+                status=None, error=None, in_reply_to=None, pending=not paused, author=None, created_at=now,
+            )
+            s.add(mrow)
+            srow.last_message_at = now
+            srow.last_inbound_at = now
+            try:
+                await s.flush()
+            except IntegrityError:
+                # A concurrent delivery of the same provider id won the race (other process).
+                await s.rollback()
+                raise
+            data: dict[str, Any] = {"messageId": mrow.id, "text": text, "type": type, "paused": paused}
+            if parts:
+                data["media"] = list(parts)
+            if extra:
+                data.update(extra)
+            events.append(Event(type=EventType.USER_MESSAGE, agent=agent_id, session_id=srow.id,
+                                channel=str(channel), ts=now, data=data))
+            events = await self._append(s, events)
+            return Ingested(session=_session(srow, crow), message=_message(mrow), events=events,
+                            started=started)
+
+    async def session(self, session_id: str) -> SessionRecord | None:
+        async with self._read() as s:
+            row = await s.get(SessionRow, session_id)
+            if row is None:
+                return None
+            return _session(row, await _contact_of(s, row))
+
+    async def sessions(self, q: SessionQuery) -> list[SessionRecord]:
+        stmt = select(SessionRow, ContactRow).outerjoin(ContactRow, SessionRow.contact_id == ContactRow.id)
+        if q.agent is not None:
+            stmt = stmt.where(SessionRow.agent_id == q.agent)
+        if q.agents is not None:
+            stmt = stmt.where(SessionRow.agent_id.in_(list(q.agents)))
+        if q.contact is not None:
+            stmt = stmt.where(or_(ContactRow.id == q.contact, ContactRow.address == q.contact))
+        if q.channel is not None:
+            stmt = stmt.where(SessionRow.channel == q.channel)
+        if q.status is not None:
+            stmt = stmt.where(SessionRow.status == q.status)
+        if q.paused is not None:
+            stmt = stmt.where(SessionRow.paused.is_(q.paused))
+        if q.since is not None:
+            stmt = stmt.where(SessionRow.started_at >= q.since)
+        if q.until is not None:
+            stmt = stmt.where(SessionRow.started_at < q.until)
+        if q.cursor is not None:
+            at, sid = q.cursor
+            stmt = stmt.where(
+                or_(SessionRow.started_at < at, and_(SessionRow.started_at == at, SessionRow.id < sid))
+            )
+        stmt = stmt.order_by(SessionRow.started_at.desc(), SessionRow.id.desc()).limit(q.limit)
+        async with self._read() as s:
+            rows = (await s.execute(stmt)).all()
+        return [_session(srow, crow) for srow, crow in rows]
+
+    async def messages(self, session_id: str) -> list[MessageRecord]:
+        async with self._read() as s:
+            rows = await s.scalars(
+                select(MessageRow).where(MessageRow.session_id == session_id)
+                .order_by(MessageRow.created_at, MessageRow.id)
+            )
+            return [_message(r) for r in rows]
+
+    async def pending_sessions(self) -> list[str]:
+        """Active sessions with user messages still waiting for their turn (restart recovery)."""
+        async with self._read() as s:
+            rows = await s.scalars(
+                select(MessageRow.session_id).join(SessionRow, SessionRow.id == MessageRow.session_id)
+                .where(MessageRow.pending.is_(True), SessionRow.status == SessionStatus.ACTIVE)
+                .distinct()
+            )
+            return list(rows)
+
+    async def record_reply(
+        self,
+        *,
+        session_id: str,
+        answered: Sequence[str],
+        messages: Sequence[NewMessage],
+        events: Sequence[Event],
+    ) -> list[Event]:
+        """Store a finished turn: its messages, the answered user messages, its events."""
+        now = now_ms()
+        async with self._write() as s:
+            channel = (await s.get_one(SessionRow, session_id)).channel if messages else ""
+            for i, m in enumerate(messages):
+                s.add(MessageRow(
+                    id=m.id, session_id=session_id, channel=channel,
+                    role=m.role, source=m.source, type="text", text=m.text, parts=list(m.parts),
+                    provider_message_id=None, status=None, error=None, in_reply_to=m.in_reply_to,
+                    pending=False, author=m.author, created_at=now + i,
+                ))
+            if answered:
+                await s.execute(update(MessageRow).where(MessageRow.id.in_(list(answered))).values(pending=False))
+            if messages:
+                await s.execute(update(SessionRow).where(SessionRow.id == session_id).values(last_message_at=now))
+            return await self._append(s, events)
+
+    async def settle_pending(self, session_id: str, answered: Sequence[str], events: Sequence[Event]) -> list[Event]:
+        """Mark user messages as handled without a reply (e.g. the turn failed)."""
+        return await self.record_reply(session_id=session_id, answered=answered, messages=(), events=events)
+
+    async def update_session(self, session_id: str, **values: Any) -> SessionRecord | None:
+        allowed = {"context", "prompt_vars", "prompt", "meta", "paused"}
+        bad = set(values) - allowed
+        if bad:
+            raise ValueError(f"not updatable: {sorted(bad)}")
+        async with self._write() as s:
+            row = await s.get(SessionRow, session_id)
+            if row is None:
+                return None
+            for key, value in values.items():
+                setattr(row, key, value)
+            await s.flush()
+            return _session(row, await _contact_of(s, row))
+
+    async def end_session(self, session_id: str, reason: str) -> tuple[SessionRecord | None, list[Event]]:
+        """End an active session (idempotent: an ended session yields no event)."""
+        now = now_ms()
+        async with self._write() as s:
+            row = await s.get(SessionRow, session_id)
+            if row is None:
+                return None, []
+            if row.status != SessionStatus.ACTIVE:
+                return _session(row, await _contact_of(s, row)), []
+            row.status, row.ended_at, row.end_reason = SessionStatus.ENDED, now, reason
+            await s.execute(update(MessageRow).where(MessageRow.session_id == session_id).values(pending=False))
+            count = await s.scalar(select(func.count()).where(MessageRow.session_id == session_id)) or 0
+            ev = Event(type=EventType.SESSION_ENDED, agent=row.agent_id, session_id=row.id, channel=row.channel,
+                       ts=now, data={"reason": reason, "duration": round((now - row.started_at) / 1000, 3),
+                                     "messageCount": int(count)})
+            events = await self._append(s, [ev])
+            return _session(row, await _contact_of(s, row)), events
+
+    async def erase_session(self, session_id: str) -> tuple[SessionRecord | None, list[Event]]:
+        """Erase a session's content (messages, events, context) and leave a tombstone."""
+        now = now_ms()
+        async with self._write() as s:
+            row = await s.get(SessionRow, session_id)
+            if row is None:
+                return None, []
+            await s.execute(delete(MessageRow).where(MessageRow.session_id == session_id))
+            await s.execute(delete(EventRow).where(EventRow.session_id == session_id))
+            was_active = row.status == SessionStatus.ACTIVE
+            row.status, row.end_reason = SessionStatus.ENDED, "erased"
+            row.ended_at = row.ended_at or now
+            row.context, row.prompt_vars, row.prompt = {}, {}, None
+            row.meta = {"erased": True, "erasedAt": now}
+            ev = Event(type=EventType.SESSION_ENDED, agent=row.agent_id, session_id=row.id, channel=row.channel,
+                       ts=now, data={"reason": "erased", "duration": round((now - row.started_at) / 1000, 3),
+                                     "messageCount": 0, "wasActive": was_active})
+            events = await self._append(s, [ev])
+            return _session(row, await _contact_of(s, row)), events
+
+
+async def _contact_of(s: AsyncSession, row: SessionRow) -> ContactRow | None:
+    return None if row.contact_id is None else await s.get(ContactRow, row.contact_id)
+
+
+def _event(r: EventRow) -> Event:
+    return Event(type=r.type, agent=r.agent_id, ts=r.ts, session_id=r.session_id, channel=r.channel,
+                 data=r.data, seq=r.seq)
+
+
+def _key(r: ApiKeyRow) -> ApiKeyRecord:
+    return ApiKeyRecord(id=r.id, name=r.name, prefix=r.prefix, tenant=r.tenant, created_at=r.created_at,
+                        revoked_at=r.revoked_at)
+
+
+def _session(r: SessionRow, c: ContactRow | None) -> SessionRecord:
+    contact = None if c is None else ContactRecord(id=c.id, channel=c.channel, address=c.address, name=c.name)
+    return SessionRecord(
+        id=r.id, agent_id=r.agent_id, channel=r.channel, contact=contact, direction=r.direction,
+        status=r.status, paused=r.paused, meta=dict(r.meta), context=dict(r.context),
+        prompt_vars=dict(r.prompt_vars), prompt=r.prompt, started_at=r.started_at,
+        last_message_at=r.last_message_at, last_inbound_at=r.last_inbound_at, ended_at=r.ended_at,
+        end_reason=r.end_reason,
+    )
+
+
+def _message(r: MessageRow) -> MessageRecord:
+    return MessageRecord(
+        id=r.id, session_id=r.session_id, channel=r.channel, role=r.role, source=r.source, type=r.type,
+        text=r.text, parts=list(r.parts or []), provider_message_id=r.provider_message_id, status=r.status,
+        error=r.error, in_reply_to=r.in_reply_to, pending=r.pending, author=r.author, created_at=r.created_at,
+    )
