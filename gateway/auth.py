@@ -74,7 +74,9 @@ class Auth:
         if settings.server.admin_key:
             self._static[sha256(settings.server.admin_key)] = Principal(name="admin", admin=True)
         for key in settings.api_keys:
-            digest = key.sha256 or (sha256(env[key.key_env]) if key.key_env and env.get(key.key_env) else None)
+            digest = key.sha256 or (
+                sha256(env[key.key_env]) if key.key_env and env.get(key.key_env) else None
+            )
             if digest:
                 self._static[digest] = Principal(name=key.name)
 
@@ -104,13 +106,23 @@ class Auth:
     # ---------------------------------------------------------- browser tokens
 
     async def mint(
-        self, *, channel: str, agent: str, metadata: dict[str, Any] | None = None, session_id: str | None = None
+        self,
+        *,
+        channel: str,
+        agent: str,
+        metadata: dict[str, Any] | None = None,
+        session_id: str | None = None,
     ) -> str:
         token = "tk_" + secrets.token_urlsafe(24)
         await self._store.add_token(
             sha256(token),
-            TokenRecord(agent_id=agent, channel=channel, session_id=session_id, meta=metadata or {},
-                        expires_at=now_ms() + self._ttl_ms),
+            TokenRecord(
+                agent_id=agent,
+                channel=channel,
+                session_id=session_id,
+                meta=metadata or {},
+                expires_at=now_ms() + self._ttl_ms,
+            ),
         )
         return token
 

@@ -18,14 +18,17 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, database_url=getattr(args, "database_url", None))
 
 
-async def _with_runtime(settings: Settings, work: Callable[[Any], Awaitable[int]], *, migrate: bool = False) -> int:
+async def _with_runtime(
+    settings: Settings, work: Callable[[Any], Awaitable[int]], *, migrate: bool = False
+) -> int:
     from gateway.server import build_runtime
     from gateway.store.db import ensure_schema
 
     rt = build_runtime(settings)
     try:
-        await ensure_schema(rt.store.engine, settings.server.database_url,
-                            migrate=migrate or settings.server.auto_migrate)
+        await ensure_schema(
+            rt.store.engine, settings.server.database_url, migrate=migrate or settings.server.auto_migrate
+        )
         return await work(rt)
     finally:
         await rt.store.close()
@@ -52,8 +55,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logs.configure(settings.server.log_level, settings.server.log_json)
     asyncio.run(_check_schema(settings))  # a clear message before uvicorn starts, not a traceback
     server = server_for(settings)
-    print(f"Switchboard gateway {__version__} on http://{settings.server.host}:{server.config.port} "
-          f"(config: {settings.source}, database: {settings.server.database_url})", file=sys.stderr)
+    print(
+        f"Switchboard gateway {__version__} on http://{settings.server.host}:{server.config.port} "
+        f"(config: {settings.source}, database: {settings.server.database_url})",
+        file=sys.stderr,
+    )
     server.run()
     return 0 if server.started else 1
 
@@ -74,7 +80,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
         if args.action == "create":
             key, record = await rt.auth.create_key(args.name, args.tenant)
             print(key)
-            print(f"created {record.id} ({record.name}); the key is shown once: store it now", file=sys.stderr)
+            print(
+                f"created {record.id} ({record.name}); the key is shown once: store it now", file=sys.stderr
+            )
         elif args.action == "list":
             for k in await rt.store.api_keys():
                 state = "revoked" if k.revoked_at else "active"
@@ -121,9 +129,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from gateway.store.sql import SessionQuery
 
     settings = _settings(args)
+    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
 
     async def work(rt: Any) -> int:
-        out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
         count, cursor = 0, None
         try:
             while True:
@@ -150,7 +158,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gateway", description="Switchboard: a messaging gateway for AI agents.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--config", help="path to gateway.toml (default: $GATEWAY_CONFIG, else the embedded default)")
+    p.add_argument(
+        "--config", help="path to gateway.toml (default: $GATEWAY_CONFIG, else the embedded default)"
+    )
     p.add_argument("--database-url", dest="database_url", help="overrides GATEWAY_DATABASE_URL")
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -88,8 +88,15 @@ class TokenStream:
 
     def _emit(self, text: str) -> None:
         b = self._base
-        self._bus.publish(Event(type=EventType.BOT_TOKEN, agent=b.agent, session_id=b.session_id,
-                                channel=b.channel, data={**b.data, "text": text}))
+        self._bus.publish(
+            Event(
+                type=EventType.BOT_TOKEN,
+                agent=b.agent,
+                session_id=b.session_id,
+                channel=b.channel,
+                data={**b.data, "text": text},
+            )
+        )
 
 
 class ConversationService:
@@ -125,7 +132,11 @@ class ConversationService:
     ) -> SessionRecord:
         self.directory.get(agent_id)
         session, _ = await self.store.start_session(
-            agent_id=agent_id, channel=channel, contact=contact, direction=direction, meta=dict(metadata or {})
+            agent_id=agent_id,
+            channel=channel,
+            contact=contact,
+            direction=direction,
+            meta=dict(metadata or {}),
         )
         return session
 
@@ -143,9 +154,14 @@ class ConversationService:
             if not session.active:
                 raise Conflict(f"session {session.id} has ended", code="session_ended")
         result = await self.store.ingest_message(
-            agent_id=message.agent, channel=message.channel, text=message.text, type=message.type,
-            contact=message.contact, session_id=message.session_id,
-            provider_message_id=message.provider_message_id, parts=message.parts,
+            agent_id=message.agent,
+            channel=message.channel,
+            text=message.text,
+            type=message.type,
+            contact=message.contact,
+            session_id=message.session_id,
+            provider_message_id=message.provider_message_id,
+            parts=message.parts,
             meta=dict(message.metadata),
         )
         if result.message is not None and result.message.pending:
@@ -199,26 +215,37 @@ class ConversationService:
         last = pending[-1].id
 
         def event(type_: EventType, data: dict[str, Any]) -> Event:
-            return Event(type=type_, agent=session.agent_id, session_id=session_id, channel=session.channel,
-                         data=data)
+            return Event(
+                type=type_, agent=session.agent_id, session_id=session_id, channel=session.channel, data=data
+            )
 
         if config is None:
             await self._fail(session, pending, last, "unknown_agent", f"agent {session.agent_id!r} is gone")
             return
         turn = Turn(
-            turn_id=reply_id, session_id=session_id, agent_id=session.agent_id, agent=config,
+            turn_id=reply_id,
+            session_id=session_id,
+            agent_id=session.agent_id,
+            agent=config,
             channel=Channel(session.channel),
-            contact=None if session.contact is None else ContactRef(
-                channel=Channel(session.contact.channel), address=session.contact.address,
-                name=session.contact.name),
+            contact=None
+            if session.contact is None
+            else ContactRef(
+                channel=Channel(session.contact.channel),
+                address=session.contact.address,
+                name=session.contact.name,
+            ),
             messages=tuple(_chat(m) for m in pending),
             history=tuple(_chat(m) for m in messages if not m.pending and m.role in _HISTORY_ROLES),
-            context=session.context, prompt=session.prompt or config.prompt,
-            prompt_vars=session.prompt_vars, metadata=session.meta,
+            context=session.context,
+            prompt=session.prompt or config.prompt,
+            prompt_vars=session.prompt_vars,
+            metadata=session.meta,
         )
         ephemeral_tools = {t.name for t in config.tools if t.ephemeral}
-        tokens = TokenStream(self.bus, event(EventType.BOT_TOKEN, {"messageId": reply_id, "inReplyTo": last}),
-                             self._flush_s)
+        tokens = TokenStream(
+            self.bus, event(EventType.BOT_TOKEN, {"messageId": reply_id, "inReplyTo": last}), self._flush_s
+        )
         parts: list[str] = []
         extra: list[NewMessage] = []
         started = time.perf_counter()
@@ -240,21 +267,41 @@ class ConversationService:
                 elif isinstance(out, ToolCallsRequested):
                     tokens.flush()
                     kept = [c for c in out.calls if c.name not in ephemeral_tools]
-                    call_event = event(EventType.TOOL_CALL, {
-                        "messageId": reply_id, "toolCalls": [_call_json(c) for c in out.calls]})
+                    call_event = event(
+                        EventType.TOOL_CALL,
+                        {"messageId": reply_id, "toolCalls": [_call_json(c) for c in out.calls]},
+                    )
                     if kept:
                         await self.store.append_events([call_event])
-                        extra.append(NewMessage(id=ids.message_id(), role="assistant", text=out.text,
-                                                parts=[{"toolCalls": [_call_json(c) for c in kept]}]))
+                        extra.append(
+                            NewMessage(
+                                id=ids.message_id(),
+                                role="assistant",
+                                text=out.text,
+                                parts=[{"toolCalls": [_call_json(c) for c in kept]}],
+                            )
+                        )
                     else:
                         self.bus.publish(call_event)  # ephemeral: live only, never stored
                 elif isinstance(out, ToolResultReady):
                     if out.ephemeral or out.name in ephemeral_tools:
                         continue
-                    await self.store.append_events([event(EventType.TOOL_RESULT, {
-                        "toolCallId": out.call_id, "name": out.name, "result": out.result})])
-                    extra.append(NewMessage(id=ids.message_id(), role="tool", text=_result_text(out.result),
-                                            parts=[{"toolCallId": out.call_id, "name": out.name}]))
+                    await self.store.append_events(
+                        [
+                            event(
+                                EventType.TOOL_RESULT,
+                                {"toolCallId": out.call_id, "name": out.name, "result": out.result},
+                            )
+                        ]
+                    )
+                    extra.append(
+                        NewMessage(
+                            id=ids.message_id(),
+                            role="tool",
+                            text=_result_text(out.result),
+                            parts=[{"toolCallId": out.call_id, "name": out.name}],
+                        )
+                    )
         except GatewayError as exc:
             tokens.flush()
             await self._fail(session, pending, last, exc.code, exc.message)
@@ -282,9 +329,19 @@ class ConversationService:
             session_id=session_id,
             answered=[m.id for m in pending],
             messages=[*extra, reply],
-            events=[event(EventType.BOT_MESSAGE, {
-                "messageId": reply_id, "text": text, "source": "agent", "inReplyTo": last,
-                "answered": [m.id for m in pending], "timings": timings})],
+            events=[
+                event(
+                    EventType.BOT_MESSAGE,
+                    {
+                        "messageId": reply_id,
+                        "text": text,
+                        "source": "agent",
+                        "inReplyTo": last,
+                        "answered": [m.id for m in pending],
+                        "timings": timings,
+                    },
+                )
+            ],
         )
         agent = session.agent_id
         self.metrics.turns.labels(agent, "ok").inc()
@@ -301,8 +358,15 @@ class ConversationService:
         await self.store.settle_pending(
             session.id,
             [m.id for m in pending],
-            [Event(type=EventType.SESSION_ERROR, agent=session.agent_id, session_id=session.id,
-                   channel=session.channel, data={"code": code, "message": message, "inReplyTo": last})],
+            [
+                Event(
+                    type=EventType.SESSION_ERROR,
+                    agent=session.agent_id,
+                    session_id=session.id,
+                    channel=session.channel,
+                    data={"code": code, "message": message, "inReplyTo": last},
+                )
+            ],
         )
 
 
@@ -324,9 +388,17 @@ def _chat(m: MessageRecord) -> ChatMessage:
     for part in m.parts:
         if isinstance(part, dict):
             if "toolCalls" in part:
-                calls = tuple(ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"])
-                              for c in part["toolCalls"])
+                calls = tuple(
+                    ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"]) for c in part["toolCalls"]
+                )
             if "toolCallId" in part:
                 call_id, name = part["toolCallId"], part.get("name")
-    return ChatMessage(role=m.role, content=m.text, source=m.source, tool_calls=calls,
-                       tool_call_id=call_id, name=name, message_id=m.id)
+    return ChatMessage(
+        role=m.role,
+        content=m.text,
+        source=m.source,
+        tool_calls=calls,
+        tool_call_id=call_id,
+        name=name,
+        message_id=m.id,
+    )

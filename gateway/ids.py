@@ -7,7 +7,6 @@ import time
 
 from gateway.types import SESSION_PREFIX, Channel
 
-
 _last = [0]
 
 

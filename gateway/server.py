@@ -55,10 +55,18 @@ def build_runtime(settings: Settings, env: Mapping[str, str] | None = None) -> R
 
     store = Store(create_engine(settings.server.database_url), on_commit=published)
     directory = AgentDirectory(settings)
-    service = ConversationService(settings=settings, store=store, bus=bus, directory=directory,
-                                  agents=AgentFactory(), metrics=metrics)
-    return Runtime(settings=settings, store=store, bus=bus, directory=directory,
-                   auth=Auth(settings, store, env), service=service, metrics=metrics)
+    service = ConversationService(
+        settings=settings, store=store, bus=bus, directory=directory, agents=AgentFactory(), metrics=metrics
+    )
+    return Runtime(
+        settings=settings,
+        store=store,
+        bus=bus,
+        directory=directory,
+        auth=Auth(settings, store, env),
+        service=service,
+        metrics=metrics,
+    )
 
 
 class MetricsMiddleware:
@@ -87,8 +95,9 @@ class MetricsMiddleware:
             self.metrics.requests.labels(scope["method"], route, str(status[0])).inc()
 
 
-def create_app(settings: Settings, *, env: Mapping[str, str] | None = None,
-               runtime: Runtime | None = None) -> Starlette:
+def create_app(
+    settings: Settings, *, env: Mapping[str, str] | None = None, runtime: Runtime | None = None
+) -> Starlette:
     rt = runtime or build_runtime(settings, env)
 
     @contextlib.asynccontextmanager
@@ -109,13 +118,23 @@ def create_app(settings: Settings, *, env: Mapping[str, str] | None = None,
             log.info("gateway stopped")
 
     routes: list[BaseRoute] = [Route("/v1/tokens", _preflight(rt), methods=["OPTIONS"])]
-    for part in (TokenRoutes(rt), MessageRoutes(rt), SessionRoutes(rt), FeedChannel(rt), ChatChannel(rt),
-                 OpsRoutes(rt)):
+    for part in (
+        TokenRoutes(rt),
+        MessageRoutes(rt),
+        SessionRoutes(rt),
+        FeedChannel(rt),
+        ChatChannel(rt),
+        OpsRoutes(rt),
+    ):
         routes.extend(part.routes())
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={GatewayError: on_gateway_error, HTTPException: on_http_error, Exception: on_crash},
+        exception_handlers={
+            GatewayError: on_gateway_error,
+            HTTPException: on_http_error,
+            Exception: on_crash,
+        },
     )
     app.add_middleware(MetricsMiddleware, metrics=rt.metrics)  # type: ignore[arg-type]
     app.state.runtime = rt
@@ -128,13 +147,16 @@ def _preflight(rt: Runtime) -> Any:
         origin = request.headers.get("origin")
         if not any(origin_allowed(origin, rt.directory.get(a).allowed_origins) for a in rt.directory.ids()):
             return Response(status_code=403)
-        return Response(status_code=204, headers={
-            "access-control-allow-origin": origin or "",
-            "access-control-allow-methods": "POST",
-            "access-control-allow-headers": "content-type",
-            "access-control-max-age": "600",
-            "vary": "Origin",
-        })
+        return Response(
+            status_code=204,
+            headers={
+                "access-control-allow-origin": origin or "",
+                "access-control-allow-methods": "POST",
+                "access-control-allow-headers": "content-type",
+                "access-control-max-age": "600",
+                "vary": "Origin",
+            },
+        )
 
     return preflight
 
@@ -154,6 +176,9 @@ class GatewayServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: Any) -> None:
         self.runtime.stopping.set()
         super().handle_exit(sig, frame)
+        # uvicorn re-raises the signal after its shutdown, so the process would end
+        # "killed by SIGTERM"; a shutdown we completed cleanly exits 0 instead.
+        self._captured_signals.clear()
 
     def stop(self) -> None:
         """Shut down as on SIGTERM, without re-raising a signal afterwards (tests, embedding)."""
@@ -161,8 +186,13 @@ class GatewayServer(uvicorn.Server):
         self.should_exit = True
 
 
-def server_for(settings: Settings, *, env: Mapping[str, str] | None = None, port: int | None = None,
-               log_config: dict[str, Any] | None = None) -> GatewayServer:
+def server_for(
+    settings: Settings,
+    *,
+    env: Mapping[str, str] | None = None,
+    port: int | None = None,
+    log_config: dict[str, Any] | None = None,
+) -> GatewayServer:
     rt = build_runtime(settings, env)
     app = create_app(settings, env=env, runtime=rt)
     config = uvicorn.Config(

@@ -105,6 +105,7 @@ class ServerConfig(_Model):
     sse_ping_seconds: float = Field(default=30.0, gt=0)
     sse_buffer_events: int = Field(default=1000, gt=0)
     sse_send_timeout_seconds: float = Field(default=10.0, gt=0)
+    chat_buffer_frames: int = Field(default=4096, gt=0)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     max_frame_bytes: int = Field(default=65_536, gt=0)
     token_ttl_seconds: int = Field(default=60, gt=0)

@@ -16,7 +16,7 @@ async def first_completed(*coros: Coroutine[Any, Any, Any]) -> None:
     """
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for t in tasks:
             if not t.done():

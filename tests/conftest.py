@@ -54,10 +54,25 @@ def free_port() -> int:
 
 
 def make_settings(database_url: str, **over: Any) -> Settings:
-    server = {"database_url": database_url, "admin_key": ADMIN, "auto_migrate": True, "log_json": False,
-              "host": "127.0.0.1", "port": 0, **over.pop("server", {})}
-    agents = over.pop("agents", {"demo": {"answer": "echo", "echo_delay_ms": 0,
-                                          "allowed_origins": ["http://localhost:*", "http://127.0.0.1:*"]}})
+    server = {
+        "database_url": database_url,
+        "admin_key": ADMIN,
+        "auto_migrate": True,
+        "log_json": False,
+        "host": "127.0.0.1",
+        "port": 0,
+        **over.pop("server", {}),
+    }
+    agents = over.pop(
+        "agents",
+        {
+            "demo": {
+                "answer": "echo",
+                "echo_delay_ms": 0,
+                "allowed_origins": ["http://localhost:*", "http://127.0.0.1:*"],
+            }
+        },
+    )
     return Settings.from_dict({"server": server, "agents": agents, **over})
 
 
@@ -92,8 +107,13 @@ async def run_gateway(settings: Settings, env: dict[str, str] | None = None) -> 
                 task.result()
                 raise RuntimeError("server exited during startup")
             await asyncio.sleep(0.01)
-    running = Running(url=f"http://127.0.0.1:{port}", ws_url=f"ws://127.0.0.1:{port}", runtime=server.runtime,
-                      server=server, task=task)
+    running = Running(
+        url=f"http://127.0.0.1:{port}",
+        ws_url=f"ws://127.0.0.1:{port}",
+        runtime=server.runtime,
+        server=server,
+        task=task,
+    )
     try:
         yield running
     finally:

@@ -36,7 +36,11 @@ def need(what: str, available: bool, hint: str) -> None:
 
 
 def need_postgres() -> None:
-    need("PostgreSQL", _reachable("127.0.0.1", 5432), "expected at 127.0.0.1:5432, user postgres, database test")
+    need(
+        "PostgreSQL",
+        _reachable("127.0.0.1", 5432),
+        "expected at 127.0.0.1:5432, user postgres, database test",
+    )
 
 
 def need_redis() -> None:

@@ -71,10 +71,12 @@ class ChatChannel:
             contact = None
             if isinstance(user, str | int) and str(user):
                 name = meta.get("name")
-                contact = ContactRef(channel=Channel.CHAT, address=str(user),
-                                     name=name if isinstance(name, str) else None)
-            session = await rt.service.start_session(agent_id=token.agent_id, channel=Channel.CHAT,
-                                                     contact=contact, metadata=meta)
+                contact = ContactRef(
+                    channel=Channel.CHAT, address=str(user), name=name if isinstance(name, str) else None
+                )
+            session = await rt.service.start_session(
+                agent_id=token.agent_id, channel=Channel.CHAT, contact=contact, metadata=meta
+            )
         await ChatConnection(ws, rt, session).run(resumed=resumed)
 
 
@@ -91,14 +93,24 @@ class ChatConnection:
 
     async def run(self, *, resumed: bool) -> None:
         rt, sid = self.rt, self.session.id
-        async with rt.bus.subscribe_session(sid, rt.settings.server.sse_buffer_events) as sub:
-            started: dict[str, Any] = {"event": "chat.started", "sessionId": sid, "agent": self.session.agent_id}
+        async with rt.bus.subscribe_session(sid, rt.settings.server.chat_buffer_frames) as sub:
+            started: dict[str, Any] = {
+                "event": "chat.started",
+                "sessionId": sid,
+                "agent": self.session.agent_id,
+            }
             if resumed:
                 messages = await rt.store.messages(sid)
                 started["history"] = [
-                    {"messageId": m.id, "role": m.role, "source": m.source, "text": m.text,
-                     "createdAt": m.created_at}
-                    for m in messages if m.role in ("user", "assistant") and m.text
+                    {
+                        "messageId": m.id,
+                        "role": m.role,
+                        "source": m.source,
+                        "text": m.text,
+                        "createdAt": m.created_at,
+                    }
+                    for m in messages
+                    if m.role in ("user", "assistant") and m.text
                 ]
                 if any(m.pending for m in messages):
                     rt.service.turns.submit(sid)  # answer what was left unanswered
@@ -133,10 +145,15 @@ class ChatConnection:
         elif isinstance(frame, SetContext):
             await self.rt.service.set_context(self.session.id, frame.key, frame.value)
         else:
-            await self.rt.service.receive(InboundMessage(
-                agent=self.session.agent_id, channel=Channel.CHAT, session_id=self.session.id,
-                contact=None, text=frame.text,
-            ))
+            await self.rt.service.receive(
+                InboundMessage(
+                    agent=self.session.agent_id,
+                    channel=Channel.CHAT,
+                    session_id=self.session.id,
+                    contact=None,
+                    text=frame.text,
+                )
+            )
 
     async def _writer(self, sub: Any) -> None:
         while True:
@@ -154,14 +171,27 @@ class ChatConnection:
             elif kind == b"bot.message":
                 obj = json.loads(body)
                 if obj.get("source") == "human":
-                    await self.send({"event": "chat.message", "messageId": obj["messageId"],
-                                     "text": obj["text"], "source": "human"})
+                    await self.send(
+                        {
+                            "event": "chat.message",
+                            "messageId": obj["messageId"],
+                            "text": obj["text"],
+                            "source": "human",
+                        }
+                    )
                 else:
-                    await self.send({"event": "chat.done", "messageId": obj["messageId"], "text": obj["text"]})
+                    await self.send(
+                        {"event": "chat.done", "messageId": obj["messageId"], "text": obj["text"]}
+                    )
             elif kind == b"session.error":
                 obj = json.loads(body)
-                await self.send({"event": "chat.error", "code": obj.get("code", "agent_error"),
-                                 "message": obj.get("message", "")})
+                await self.send(
+                    {
+                        "event": "chat.error",
+                        "code": obj.get("code", "agent_error"),
+                        "message": obj.get("message", ""),
+                    }
+                )
             elif kind == b"session.ended":
                 obj = json.loads(body)
                 await self.send({"event": "chat.ended", "reason": obj.get("reason")})

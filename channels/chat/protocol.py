@@ -62,14 +62,18 @@ def parse_client_frame(raw: str | bytes, *, max_text: int, max_bytes: int) -> Cl
     if kind == "context":
         key = obj.get("key")
         if not isinstance(key, str) or not key.strip() or len(key) > MAX_CONTEXT_KEY:
-            raise FrameError("invalid_context", f"`key` must be a non-empty string of at most {MAX_CONTEXT_KEY}")
+            raise FrameError(
+                "invalid_context", f"`key` must be a non-empty string of at most {MAX_CONTEXT_KEY}"
+            )
         if key.startswith("_"):
             raise FrameError("invalid_context", "context keys starting with '_' are reserved")
         if "value" not in obj:
             raise FrameError("invalid_context", "`value` is required (null clears the key)")
         value = obj["value"]
         if len(json.dumps(value)) > MAX_CONTEXT_VALUE_CHARS:
-            raise FrameError("invalid_context", f"`value` is larger than {MAX_CONTEXT_VALUE_CHARS} characters")
+            raise FrameError(
+                "invalid_context", f"`value` is larger than {MAX_CONTEXT_VALUE_CHARS} characters"
+            )
         return SetContext(key=key, value=value)
     if kind == "ping":
         return Ping()

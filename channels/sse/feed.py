@@ -98,7 +98,9 @@ class FeedChannel:
         last_id: int | None = None
         if last is not None and last != "":
             if not last.isdigit() or len(last) > 18:
-                raise BadRequest("Last-Event-ID must be a non-negative integer `seq`", code="invalid_last_event_id")
+                raise BadRequest(
+                    "Last-Event-ID must be a non-negative integer `seq`", code="invalid_last_event_id"
+                )
             last_id = int(last)
         types = _csv(q.get("types"))
         session = q.get("session")
@@ -123,7 +125,13 @@ class FeedStream:
     """An ASGI response that streams one client's feed until it leaves or falls behind."""
 
     def __init__(
-        self, rt: Runtime, flt: FeedFilter, last_id: int | None, *, session: str | None, types: set[str] | None
+        self,
+        rt: Runtime,
+        flt: FeedFilter,
+        last_id: int | None,
+        *,
+        session: str | None,
+        types: set[str] | None,
     ) -> None:
         self.rt = rt
         self.flt = flt
@@ -134,23 +142,29 @@ class FeedStream:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         rt = self.rt
         server = rt.settings.server
-        await send({
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"content-type", b"text/event-stream; charset=utf-8"),
-                (b"cache-control", b"no-cache"),
-                (b"x-accel-buffering", b"no"),
-            ],
-        })
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-cache"),
+                    (b"x-accel-buffering", b"no"),
+                ],
+            }
+        )
         gauge = rt.metrics.sse_clients
         gauge.inc()
         try:
             async with rt.bus.subscribe_all(server.sse_buffer_events) as sub:
                 await self._write(send, b": connected\n\n")
                 high_water = await self._replay(send) if self.last_id is not None else 0
-                await first_completed(self._pump(sub, send, high_water), _disconnected(receive), rt.stopping.wait())
-        except (OSError, TimeoutError, _Gone):
+                await first_completed(
+                    self._pump(sub, send, high_water), _disconnected(receive), rt.stopping.wait()
+                )
+        except _Gone:
+            rt.metrics.sse_dropped.inc()
+        except OSError:
             pass
         finally:
             gauge.dec()
@@ -224,4 +238,3 @@ async def _disconnected(receive: Receive) -> None:
         message: Message = await receive()
         if message["type"] == "http.disconnect":
             return
-

@@ -20,6 +20,5 @@ class EchoAgent:
     async def run(self, turn: Turn) -> AsyncIterator[AgentOutput]:
         delay = self._delay if self._delay is not None else turn.agent.echo_delay_ms / 1000
         for token in _TOKEN.findall(turn.text):
-            if delay:
-                await asyncio.sleep(delay)
+            await asyncio.sleep(delay)  # even at zero: let the loop breathe between tokens
             yield TextDelta(text=token)

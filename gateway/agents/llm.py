@@ -10,8 +10,9 @@ and one last completion is requested with `tool_choice: "none"`; should the
 model still ask for tools then, the turn ends with the text it has produced.
 
 Timeouts: `request_timeout_seconds` bounds connecting and each silence between
-two received pieces; `first_token_timeout_seconds` bounds the wait from sending
-a request to its first text, tool-call (or reasoning) delta. Failures of the
+two received pieces (httpx's read timeout, so never below the first-token one);
+`first_token_timeout_seconds` bounds the wait from sending a request to its
+first text, tool-call (or reasoning) delta. Failures of the
 endpoint raise `AgentError`; tool failures never do (the model sees them).
 
 The HTTP client is injected so the composition root can share or shard clients

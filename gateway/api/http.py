@@ -41,7 +41,8 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
         raise BadRequest(
-            f"expected Content-Type: application/json (got {ctype or 'none'!r})", code="unsupported_media_type"
+            f"expected Content-Type: application/json (got {ctype or 'none'!r})",
+            code="unsupported_media_type",
         ) from None
     body = await read_body(request, limit)
     try:
@@ -58,8 +59,9 @@ def opt_str(obj: dict[str, Any], key: str, *, max_len: int = 256) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value or len(value) > max_len:
-        raise BadRequest(f"`{key}` must be a non-empty string of at most {max_len} characters",
-                         code="invalid_field")
+        raise BadRequest(
+            f"`{key}` must be a non-empty string of at most {max_len} characters", code="invalid_field"
+        )
     return value
 
 

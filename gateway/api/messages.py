@@ -11,7 +11,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -52,9 +52,16 @@ class MessageRoutes:
         sub_cm = rt.bus.subscribe_session(session.id, 10_000)
         sub = await sub_cm.__aenter__()
         try:
-            result = await rt.service.receive(InboundMessage(
-                agent=agent, channel=Channel.API, contact=None, session_id=session.id, text=text,
-                metadata=metadata))
+            result = await rt.service.receive(
+                InboundMessage(
+                    agent=agent,
+                    channel=Channel.API,
+                    contact=None,
+                    session_id=session.id,
+                    text=text,
+                    metadata=metadata,
+                )
+            )
         except BaseException:
             await sub_cm.__aexit__(None, None, None)
             raise
@@ -62,21 +69,29 @@ class MessageRoutes:
         message_id = result.message.id
         if result.message.pending is False:  # paused: stored, no agent turn
             await sub_cm.__aexit__(None, None, None)
-            return JSONResponse({"sessionId": session.id, "messageId": None, "text": None, "paused": True},
-                                status_code=202)
+            return JSONResponse(
+                {"sessionId": session.id, "messageId": None, "text": None, "paused": True}, status_code=202
+            )
         if "text/event-stream" in request.headers.get("accept", ""):
-            return EventSourceResponse(self._stream(sub_cm, sub, session.id, message_id),
-                                       ping=int(rt.settings.server.sse_ping_seconds))
+            return EventSourceResponse(
+                self._stream(sub_cm, sub, session.id, message_id),
+                ping=int(rt.settings.server.sse_ping_seconds),
+            )
         try:
             async for kind, data in _reply(sub, message_id):
                 if kind == "done":
-                    return JSONResponse({"sessionId": session.id, "messageId": data["messageId"],
-                                         "text": data["text"]})
+                    return JSONResponse(
+                        {"sessionId": session.id, "messageId": data["messageId"], "text": data["text"]}
+                    )
                 if kind == "error":
-                    return error(502, data.get("code", "agent_error"), data.get("message", "the agent failed"))
+                    return error(
+                        502, data.get("code", "agent_error"), data.get("message", "the agent failed")
+                    )
         finally:
             await sub_cm.__aexit__(None, None, None)
-        return error(504, "reply_timeout", "no reply arrived in time; read it later from GET /v1/sessions/{id}")
+        return error(
+            504, "reply_timeout", "no reply arrived in time; read it later from GET /v1/sessions/{id}"
+        )
 
     async def _session(
         self, agent: str, session_id: str | None, contact: ContactRef | None, metadata: dict[str, Any]
@@ -90,19 +105,22 @@ class MessageRoutes:
                 raise Conflict(f"session {session_id} has ended", code="session_ended")
             return session
         if contact is not None:
-            found = await rt.store.sessions(SessionQuery(agent=agent, contact=contact.address, channel="api",
-                                                         status="active", limit=1))
+            found = await rt.store.sessions(
+                SessionQuery(agent=agent, contact=contact.address, channel="api", status="active", limit=1)
+            )
             if found:
                 return found[0]
-        return await rt.service.start_session(agent_id=agent, channel=Channel.API, contact=contact,
-                                              metadata=metadata)
+        return await rt.service.start_session(
+            agent_id=agent, channel=Channel.API, contact=contact, metadata=metadata
+        )
 
     async def _stream(
         self, sub_cm: Any, sub: Subscription, session_id: str, message_id: str
     ) -> AsyncIterator[ServerSentEvent]:
         try:
-            yield ServerSentEvent(event="session", data=json.dumps({"sessionId": session_id,
-                                                                    "messageId": message_id}))
+            yield ServerSentEvent(
+                event="session", data=json.dumps({"sessionId": session_id, "messageId": message_id})
+            )
             async for kind, data in _reply(sub, message_id):
                 yield ServerSentEvent(event=kind, data=json.dumps(data, ensure_ascii=False))
         finally:
@@ -116,7 +134,9 @@ def _contact(value: Any) -> ContactRef | None:
         return ContactRef(channel=Channel.API, address=value)
     if isinstance(value, dict) and isinstance(value.get("id"), str) and 0 < len(value["id"]) <= 128:
         name = value.get("name")
-        return ContactRef(channel=Channel.API, address=value["id"], name=name if isinstance(name, str) else None)
+        return ContactRef(
+            channel=Channel.API, address=value["id"], name=name if isinstance(name, str) else None
+        )
     raise BadRequest("`contact` must be an id string or {id, name?}", code="invalid_contact")
 
 

@@ -7,11 +7,18 @@ from typing import Any
 from gateway import __version__
 
 _ERR = {"$ref": "#/components/responses/Error"}
-_KEY = [{"apiKey": []}]
+_KEY: list[dict[str, list[str]]] = [{"apiKey": []}]
 
 
-def _op(summary: str, *, secured: bool = True, body: dict[str, Any] | None = None,
-        params: list[dict[str, Any]] | None = None, ok: str = "200", errors: tuple[str, ...] = ()) -> dict[str, Any]:
+def _op(
+    summary: str,
+    *,
+    secured: bool = True,
+    body: dict[str, Any] | None = None,
+    params: list[dict[str, Any]] | None = None,
+    ok: str = "200",
+    errors: tuple[str, ...] = (),
+) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": {ok: {"description": "OK"}}}
     for code in errors:
         op["responses"][code] = _ERR
@@ -34,49 +41,125 @@ def _p(name: str) -> dict[str, Any]:
 
 def openapi_document() -> dict[str, Any]:
     token_body = {
-        "type": "object", "required": ["agent"],
-        "properties": {"channel": {"enum": ["chat", "stream"]}, "agent": {"type": "string"},
-                       "metadata": {"type": "object"}, "sessionId": {"type": "string"}},
+        "type": "object",
+        "required": ["agent"],
+        "properties": {
+            "channel": {"enum": ["chat", "stream"]},
+            "agent": {"type": "string"},
+            "metadata": {"type": "object"},
+            "sessionId": {"type": "string"},
+        },
     }
     message_body = {
-        "type": "object", "required": ["text"],
-        "properties": {"text": {"type": "string", "maxLength": 4096}, "sessionId": {"type": "string"},
-                       "contact": {"oneOf": [{"type": "string"}, {"type": "object"}]},
-                       "metadata": {"type": "object"}},
+        "type": "object",
+        "required": ["text"],
+        "properties": {
+            "text": {"type": "string", "maxLength": 4096},
+            "sessionId": {"type": "string"},
+            "contact": {"oneOf": [{"type": "string"}, {"type": "object"}]},
+            "metadata": {"type": "object"},
+        },
     }
-    feed_params = [_q("agents"), _q("session"), _q("types"), _q("tokens", "boolean"), _q("token"),
-                   _q("lastEventId", "integer")]
+    feed_params = [
+        _q("agents"),
+        _q("session"),
+        _q("types"),
+        _q("tokens", "boolean"),
+        _q("token"),
+        _q("lastEventId", "integer"),
+    ]
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Switchboard gateway", "version": __version__,
-                 "description": "Frames of the WebSocket and SSE surfaces are described in docs/protocol.md."},
+        "info": {
+            "title": "Switchboard gateway",
+            "version": __version__,
+            "description": "Frames of the WebSocket and SSE surfaces are described in docs/protocol.md.",
+        },
         "components": {
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
-            "responses": {"Error": {"description": "Error", "content": {"application/json": {"schema": {
-                "type": "object", "properties": {"error": {"type": "object", "properties": {
-                    "code": {"type": "string"}, "message": {"type": "string"}}}}}}}}},
+            "responses": {
+                "Error": {
+                    "description": "Error",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "error": {
+                                        "type": "object",
+                                        "properties": {
+                                            "code": {"type": "string"},
+                                            "message": {"type": "string"},
+                                        },
+                                    }
+                                },
+                            }
+                        }
+                    },
+                }
+            },
         },
         "paths": {
-            "/v1/tokens": {"post": _op("Mint a single-use browser token (API key, or an allowed Origin)",
-                                       secured=False, body=token_body, ok="201",
-                                       errors=("400", "401", "403", "404", "413"))},
-            "/v1/events": {"get": _op("Event feed (SSE) of every visible agent", params=feed_params,
-                                      errors=("400", "401", "403", "404"))},
-            "/v1/agents/{agent}/events": {"get": _op("Event feed (SSE) of one agent",
-                                                     params=[_p("agent"), *feed_params],
-                                                     errors=("400", "401", "403", "404"))},
-            "/v1/agents/{agent}/messages": {"post": _op(
-                "Send a user message; the reply streams as SSE (Accept: text/event-stream) or returns as JSON",
-                body=message_body, params=[_p("agent")], errors=("400", "401", "403", "404", "409", "413", "502"))},
-            "/v1/sessions": {"get": _op("List sessions (keyset pagination)", params=[
-                _q("agent"), _q("contact"), _q("channel"), _q("status"), _q("paused", "boolean"),
-                _q("since", "integer"), _q("until", "integer"), _q("limit", "integer"), _q("cursor")],
-                errors=("400", "401"))},
+            "/v1/tokens": {
+                "post": _op(
+                    "Mint a single-use browser token (API key, or an allowed Origin)",
+                    secured=False,
+                    body=token_body,
+                    ok="201",
+                    errors=("400", "401", "403", "404", "413"),
+                )
+            },
+            "/v1/events": {
+                "get": _op(
+                    "Event feed (SSE) of every visible agent",
+                    params=feed_params,
+                    errors=("400", "401", "403", "404"),
+                )
+            },
+            "/v1/agents/{agent}/events": {
+                "get": _op(
+                    "Event feed (SSE) of one agent",
+                    params=[_p("agent"), *feed_params],
+                    errors=("400", "401", "403", "404"),
+                )
+            },
+            "/v1/agents/{agent}/messages": {
+                "post": _op(
+                    "Send a user message; the reply streams as SSE (Accept: text/event-stream) "
+                    "or returns as JSON",
+                    body=message_body,
+                    params=[_p("agent")],
+                    errors=("400", "401", "403", "404", "409", "413", "502"),
+                )
+            },
+            "/v1/sessions": {
+                "get": _op(
+                    "List sessions (keyset pagination)",
+                    params=[
+                        _q("agent"),
+                        _q("contact"),
+                        _q("channel"),
+                        _q("status"),
+                        _q("paused", "boolean"),
+                        _q("since", "integer"),
+                        _q("until", "integer"),
+                        _q("limit", "integer"),
+                        _q("cursor"),
+                    ],
+                    errors=("400", "401"),
+                )
+            },
             "/v1/sessions/{session_id}": {
-                "get": _op("A session with its transcript and messages", params=[_p("session_id")],
-                           errors=("401", "404")),
-                "delete": _op("Erase a session's content, leaving a tombstone", params=[_p("session_id")],
-                              errors=("401", "404")),
+                "get": _op(
+                    "A session with its transcript and messages",
+                    params=[_p("session_id")],
+                    errors=("401", "404"),
+                ),
+                "delete": _op(
+                    "Erase a session's content, leaving a tombstone",
+                    params=[_p("session_id")],
+                    errors=("401", "404"),
+                ),
             },
             "/healthz": {"get": _op("Liveness", secured=False)},
             "/readyz": {"get": _op("Readiness: database and bus reachable", secured=False, errors=("503",))},

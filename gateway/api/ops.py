@@ -45,8 +45,9 @@ class OpsRoutes:
         ok = all(v == "ok" for v in checks.values()) and not self.rt.stopping.is_set()
         if self.rt.stopping.is_set():
             checks["server"] = "shutting down"
-        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
-                            status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
+        )
 
     async def metrics(self, _request: Request) -> Response:
         return Response(self.rt.metrics.render(), media_type="text/plain; version=0.0.4")

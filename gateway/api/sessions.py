@@ -102,8 +102,8 @@ class SessionRoutes:
     async def list(self, request: Request) -> JSONResponse:
         principal = await self.rt.auth.api_key(request.headers)
         q = request.query_params
-        limit = _int(q, "limit", 50) or 50
-        if not 1 <= limit <= MAX_LIMIT:
+        limit = _int(q, "limit", 50)
+        if limit is None or not 1 <= limit <= MAX_LIMIT:
             raise BadRequest(f"`limit` must be between 1 and {MAX_LIMIT}", code="invalid_query")
         paused = q.get("paused")
         status = q.get("status")
@@ -128,7 +128,9 @@ class SessionRoutes:
         next_cursor = None
         if more:
             last = rows[-1]
-            next_cursor = base64.urlsafe_b64encode(f"{last.started_at}:{last.id}".encode()).decode().rstrip("=")
+            next_cursor = (
+                base64.urlsafe_b64encode(f"{last.started_at}:{last.id}".encode()).decode().rstrip("=")
+            )
         return JSONResponse({"sessions": [session_json(s) for s in rows], "nextCursor": next_cursor})
 
     async def get(self, request: Request) -> JSONResponse:
@@ -142,7 +144,8 @@ class SessionRoutes:
         out["to"] = session.agent_id if inbound else contact
         out["transcript"] = [
             {"role": m.role, "text": m.text, "source": m.source}
-            for m in messages if m.role in ("user", "assistant") and m.text
+            for m in messages
+            if m.role in ("user", "assistant") and m.text
         ]
         out["messages"] = [message_json(m) for m in messages]
         return JSONResponse(out)
@@ -151,5 +154,6 @@ class SessionRoutes:
         principal = await self.rt.auth.api_key(request.headers)
         session = await self._visible(principal, request.path_params["session_id"])
         erased = await self.rt.service.erase_session(session.id)
-        return JSONResponse({"sessionId": erased.id, "status": erased.status, "reason": erased.end_reason,
-                             "erased": True})
+        return JSONResponse(
+            {"sessionId": erased.id, "status": erased.status, "reason": erased.end_reason, "erased": True}
+        )

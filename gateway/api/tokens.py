@@ -24,7 +24,7 @@ class TokenRoutes:
         body = await read_json(request, 16_384)
         channel = body.get("channel", "chat")
         if channel not in TOKEN_CHANNELS:
-            raise BadRequest("`channel` must be \"chat\" or \"stream\"", code="invalid_channel")
+            raise BadRequest('`channel` must be "chat" or "stream"', code="invalid_channel")
         agent = opt_str(body, "agent", max_len=64)
         if agent is None:
             raise BadRequest("`agent` is required", code="missing_agent")
@@ -37,11 +37,14 @@ class TokenRoutes:
         else:
             origin = request.headers.get("origin")
             if not origin:
-                raise Forbidden("send an API key, or call from a page whose Origin the agent allows",
-                                code="origin_required")
+                raise Forbidden(
+                    "send an API key, or call from a page whose Origin the agent allows",
+                    code="origin_required",
+                )
             if not origin_allowed(origin, config.allowed_origins):
-                raise Forbidden(f"origin {origin!r} is not in the allowed origins of {agent!r}",
-                                code="origin_not_allowed")
+                raise Forbidden(
+                    f"origin {origin!r} is not in the allowed origins of {agent!r}", code="origin_not_allowed"
+                )
         if session_id is not None:
             session = await rt.store.session(session_id)
             if session is None or session.agent_id != agent:
@@ -52,5 +55,8 @@ class TokenRoutes:
         origin = request.headers.get("origin")
         if origin and origin_allowed(origin, config.allowed_origins):
             headers = {"access-control-allow-origin": origin, "vary": "Origin"}
-        return JSONResponse({"token": token, "server": server, "expiresIn": rt.auth.ttl_seconds},
-                            status_code=201, headers=headers)
+        return JSONResponse(
+            {"token": token, "server": server, "expiresIn": rt.auth.ttl_seconds},
+            status_code=201,
+            headers=headers,
+        )

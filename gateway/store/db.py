@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gateway.errors import SchemaOutOfDate
 
+__all__ = ["SchemaOutOfDate", "create_engine", "current_revision", "downgrade", "ensure_schema", "upgrade"]
+
 ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS = ROOT / "migrations"
 

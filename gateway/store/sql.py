@@ -179,8 +179,16 @@ class Store:
             for agent_id, config in configs.items():
                 row = existing.get(agent_id)
                 if row is None:
-                    s.add(AgentRow(id=agent_id, origin=origin, config=config, paused=False,
-                                   created_at=now, updated_at=now))
+                    s.add(
+                        AgentRow(
+                            id=agent_id,
+                            origin=origin,
+                            config=config,
+                            paused=False,
+                            created_at=now,
+                            updated_at=now,
+                        )
+                    )
                 elif row.config != config or row.origin != origin:
                     row.config, row.origin, row.updated_at = config, origin, now
 
@@ -192,8 +200,15 @@ class Store:
     # ---------------------------------------------------------------- API keys
 
     async def add_api_key(self, *, name: str, prefix: str, sha256: str, tenant: str | None) -> ApiKeyRecord:
-        row = ApiKeyRow(id=ids.key_id(), name=name, prefix=prefix, sha256=sha256, tenant=tenant,
-                        created_at=now_ms(), revoked_at=None)
+        row = ApiKeyRow(
+            id=ids.key_id(),
+            name=name,
+            prefix=prefix,
+            sha256=sha256,
+            tenant=tenant,
+            created_at=now_ms(),
+            revoked_at=None,
+        )
         async with self._write() as s:
             s.add(row)
         return _key(row)
@@ -220,9 +235,17 @@ class Store:
 
     async def add_token(self, sha256: str, token: TokenRecord) -> None:
         async with self._write() as s:
-            s.add(BrowserTokenRow(sha256=sha256, agent_id=token.agent_id, channel=token.channel,
-                                  session_id=token.session_id, meta=token.meta,
-                                  expires_at=token.expires_at, used_at=None))
+            s.add(
+                BrowserTokenRow(
+                    sha256=sha256,
+                    agent_id=token.agent_id,
+                    channel=token.channel,
+                    session_id=token.session_id,
+                    meta=token.meta,
+                    expires_at=token.expires_at,
+                    used_at=None,
+                )
+            )
             # Housekeeping on the write path keeps the table small without a timer.
             await s.execute(delete(BrowserTokenRow).where(BrowserTokenRow.expires_at < now_ms() - 3_600_000))
 
@@ -242,18 +265,31 @@ class Store:
             if not res.rowcount:  # type: ignore[attr-defined]
                 return None
             row = await s.get_one(BrowserTokenRow, sha256)
-            return TokenRecord(agent_id=row.agent_id, channel=row.channel, session_id=row.session_id,
-                               meta=row.meta, expires_at=row.expires_at)
+            return TokenRecord(
+                agent_id=row.agent_id,
+                channel=row.channel,
+                session_id=row.session_id,
+                meta=row.meta,
+                expires_at=row.expires_at,
+            )
 
     # -------------------------------------------------------- sessions, ingest
 
     async def _contact(self, s: AsyncSession, ref: ContactRef) -> ContactRow:
         row = await s.scalar(
-            select(ContactRow).where(ContactRow.channel == str(ref.channel), ContactRow.address == ref.address)
+            select(ContactRow).where(
+                ContactRow.channel == str(ref.channel), ContactRow.address == ref.address
+            )
         )
         if row is None:
-            row = ContactRow(id=ids.contact_id(), channel=str(ref.channel), address=ref.address,
-                             name=ref.name, paused_agents=[], created_at=now_ms())
+            row = ContactRow(
+                id=ids.contact_id(),
+                channel=str(ref.channel),
+                address=ref.address,
+                name=ref.name,
+                paused_agents=[],
+                created_at=now_ms(),
+            )
             s.add(row)
             await s.flush()
         elif ref.name and row.name != ref.name:
@@ -275,17 +311,32 @@ class Store:
         agent = await s.get(AgentRow, agent_id)
         paused = bool(agent and agent.paused) or bool(contact and agent_id in contact.paused_agents)
         row = SessionRow(
-            id=session_id or ids.session_id(channel), agent_id=agent_id, channel=str(channel),
-            contact_id=contact.id if contact else None, direction=direction,
-            status=SessionStatus.ACTIVE, paused=paused, meta=meta, context={}, prompt_vars={},
-            prompt=None, started_at=now, last_message_at=now, last_inbound_at=None,
-            ended_at=None, end_reason=None,
+            id=session_id or ids.session_id(channel),
+            agent_id=agent_id,
+            channel=str(channel),
+            contact_id=contact.id if contact else None,
+            direction=direction,
+            status=SessionStatus.ACTIVE,
+            paused=paused,
+            meta=meta,
+            context={},
+            prompt_vars={},
+            prompt=None,
+            started_at=now,
+            last_message_at=now,
+            last_inbound_at=None,
+            ended_at=None,
+            end_reason=None,
         )
         s.add(row)
         await s.flush()
         contact_json = {"id": contact.address, "name": contact.name} if contact else None
         started = Event(
-            type=EventType.SESSION_STARTED, agent=agent_id, session_id=row.id, channel=str(channel), ts=now,
+            type=EventType.SESSION_STARTED,
+            agent=agent_id,
+            session_id=row.id,
+            channel=str(channel),
+            ts=now,
             data={"contact": contact_json, "direction": direction, "metadata": meta},
         )
         return row, started
@@ -303,8 +354,14 @@ class Store:
         async with self._write() as s:
             crow = await self._contact(s, contact) if contact else None
             row, started = await self._new_session(
-                s, agent_id=agent_id, channel=channel, contact=crow, direction=direction,
-                meta=meta or {}, session_id=None, now=now,
+                s,
+                agent_id=agent_id,
+                channel=channel,
+                contact=crow,
+                direction=direction,
+                meta=meta or {},
+                session_id=None,
+                now=now,
             )
             events = await self._append(s, [started])
             return _session(row, crow), events
@@ -333,13 +390,15 @@ class Store:
             if provider_message_id is not None:
                 dup = await s.scalar(
                     select(MessageRow.session_id).where(
-                        MessageRow.channel == str(channel), MessageRow.provider_message_id == provider_message_id
+                        MessageRow.channel == str(channel),
+                        MessageRow.provider_message_id == provider_message_id,
                     )
                 )
                 if dup is not None:
                     srow = await s.get_one(SessionRow, dup)
-                    return Ingested(session=_session(srow, await _contact_of(s, srow)), message=None,
-                                    duplicate=True)
+                    return Ingested(
+                        session=_session(srow, await _contact_of(s, srow)), message=None, duplicate=True
+                    )
             crow = await self._contact(s, contact) if contact else None
             events: list[Event] = []
             started = False
@@ -350,28 +409,51 @@ class Store:
                     crow = await _contact_of(s, srow_opt)
             elif crow is not None:
                 srow_opt = await s.scalar(
-                    select(SessionRow).where(
-                        SessionRow.agent_id == agent_id, SessionRow.contact_id == crow.id,
-                        SessionRow.channel == str(channel), SessionRow.status == SessionStatus.ACTIVE,
-                    ).order_by(SessionRow.started_at.desc()).limit(1)
+                    select(SessionRow)
+                    .where(
+                        SessionRow.agent_id == agent_id,
+                        SessionRow.contact_id == crow.id,
+                        SessionRow.channel == str(channel),
+                        SessionRow.status == SessionStatus.ACTIVE,
+                    )
+                    .order_by(SessionRow.started_at.desc())
+                    .limit(1)
                 )
             if srow_opt is None or srow_opt.status != SessionStatus.ACTIVE:
                 srow, ev = await self._new_session(
-                    s, agent_id=agent_id, channel=channel, contact=crow, direction="inbound",
-                    meta=meta or {}, session_id=None, now=now,
+                    s,
+                    agent_id=agent_id,
+                    channel=channel,
+                    contact=crow,
+                    direction="inbound",
+                    meta=meta or {},
+                    session_id=None,
+                    now=now,
                 )
                 events.append(ev)
                 started = True
             else:
                 srow = srow_opt
             agent = await s.get(AgentRow, agent_id)
-            paused = srow.paused or bool(agent and agent.paused) or bool(
-                crow and agent_id in crow.paused_agents
+            paused = (
+                srow.paused or bool(agent and agent.paused) or bool(crow and agent_id in crow.paused_agents)
             )
             mrow = MessageRow(
-                id=ids.message_id(), session_id=srow.id, channel=str(channel), role="user", source="user",
-                type=type, text=text, parts=list(parts), provider_message_id=provider_message_id,
-                status=None, error=None, in_reply_to=None, pending=not paused, author=None, created_at=now,
+                id=ids.message_id(),
+                session_id=srow.id,
+                channel=str(channel),
+                role="user",
+                source="user",
+                type=type,
+                text=text,
+                parts=list(parts),
+                provider_message_id=provider_message_id,
+                status=None,
+                error=None,
+                in_reply_to=None,
+                pending=not paused,
+                author=None,
+                created_at=now,
             )
             s.add(mrow)
             srow.last_message_at = now
@@ -387,11 +469,20 @@ class Store:
                 data["media"] = list(parts)
             if extra:
                 data.update(extra)
-            events.append(Event(type=EventType.USER_MESSAGE, agent=agent_id, session_id=srow.id,
-                                channel=str(channel), ts=now, data=data))
+            events.append(
+                Event(
+                    type=EventType.USER_MESSAGE,
+                    agent=agent_id,
+                    session_id=srow.id,
+                    channel=str(channel),
+                    ts=now,
+                    data=data,
+                )
+            )
             events = await self._append(s, events)
-            return Ingested(session=_session(srow, crow), message=_message(mrow), events=events,
-                            started=started)
+            return Ingested(
+                session=_session(srow, crow), message=_message(mrow), events=events, started=started
+            )
 
     async def session(self, session_id: str) -> SessionRecord | None:
         async with self._read() as s:
@@ -431,7 +522,8 @@ class Store:
     async def messages(self, session_id: str) -> list[MessageRecord]:
         async with self._read() as s:
             rows = await s.scalars(
-                select(MessageRow).where(MessageRow.session_id == session_id)
+                select(MessageRow)
+                .where(MessageRow.session_id == session_id)
                 .order_by(MessageRow.created_at, MessageRow.id)
             )
             return [_message(r) for r in rows]
@@ -440,7 +532,8 @@ class Store:
         """Active sessions with user messages still waiting for their turn (restart recovery)."""
         async with self._read() as s:
             rows = await s.scalars(
-                select(MessageRow.session_id).join(SessionRow, SessionRow.id == MessageRow.session_id)
+                select(MessageRow.session_id)
+                .join(SessionRow, SessionRow.id == MessageRow.session_id)
                 .where(MessageRow.pending.is_(True), SessionRow.status == SessionStatus.ACTIVE)
                 .distinct()
             )
@@ -459,19 +552,38 @@ class Store:
         async with self._write() as s:
             channel = (await s.get_one(SessionRow, session_id)).channel if messages else ""
             for i, m in enumerate(messages):
-                s.add(MessageRow(
-                    id=m.id, session_id=session_id, channel=channel,
-                    role=m.role, source=m.source, type="text", text=m.text, parts=list(m.parts),
-                    provider_message_id=None, status=None, error=None, in_reply_to=m.in_reply_to,
-                    pending=False, author=m.author, created_at=now + i,
-                ))
+                s.add(
+                    MessageRow(
+                        id=m.id,
+                        session_id=session_id,
+                        channel=channel,
+                        role=m.role,
+                        source=m.source,
+                        type="text",
+                        text=m.text,
+                        parts=list(m.parts),
+                        provider_message_id=None,
+                        status=None,
+                        error=None,
+                        in_reply_to=m.in_reply_to,
+                        pending=False,
+                        author=m.author,
+                        created_at=now + i,
+                    )
+                )
             if answered:
-                await s.execute(update(MessageRow).where(MessageRow.id.in_(list(answered))).values(pending=False))
+                await s.execute(
+                    update(MessageRow).where(MessageRow.id.in_(list(answered))).values(pending=False)
+                )
             if messages:
-                await s.execute(update(SessionRow).where(SessionRow.id == session_id).values(last_message_at=now))
+                await s.execute(
+                    update(SessionRow).where(SessionRow.id == session_id).values(last_message_at=now)
+                )
             return await self._append(s, events)
 
-    async def settle_pending(self, session_id: str, answered: Sequence[str], events: Sequence[Event]) -> list[Event]:
+    async def settle_pending(
+        self, session_id: str, answered: Sequence[str], events: Sequence[Event]
+    ) -> list[Event]:
         """Mark user messages as handled without a reply (e.g. the turn failed)."""
         return await self.record_reply(session_id=session_id, answered=answered, messages=(), events=events)
 
@@ -499,11 +611,22 @@ class Store:
             if row.status != SessionStatus.ACTIVE:
                 return _session(row, await _contact_of(s, row)), []
             row.status, row.ended_at, row.end_reason = SessionStatus.ENDED, now, reason
-            await s.execute(update(MessageRow).where(MessageRow.session_id == session_id).values(pending=False))
+            await s.execute(
+                update(MessageRow).where(MessageRow.session_id == session_id).values(pending=False)
+            )
             count = await s.scalar(select(func.count()).where(MessageRow.session_id == session_id)) or 0
-            ev = Event(type=EventType.SESSION_ENDED, agent=row.agent_id, session_id=row.id, channel=row.channel,
-                       ts=now, data={"reason": reason, "duration": round((now - row.started_at) / 1000, 3),
-                                     "messageCount": int(count)})
+            ev = Event(
+                type=EventType.SESSION_ENDED,
+                agent=row.agent_id,
+                session_id=row.id,
+                channel=row.channel,
+                ts=now,
+                data={
+                    "reason": reason,
+                    "duration": round((now - row.started_at) / 1000, 3),
+                    "messageCount": int(count),
+                },
+            )
             events = await self._append(s, [ev])
             return _session(row, await _contact_of(s, row)), events
 
@@ -521,9 +644,19 @@ class Store:
             row.ended_at = row.ended_at or now
             row.context, row.prompt_vars, row.prompt = {}, {}, None
             row.meta = {"erased": True, "erasedAt": now}
-            ev = Event(type=EventType.SESSION_ENDED, agent=row.agent_id, session_id=row.id, channel=row.channel,
-                       ts=now, data={"reason": "erased", "duration": round((now - row.started_at) / 1000, 3),
-                                     "messageCount": 0, "wasActive": was_active})
+            ev = Event(
+                type=EventType.SESSION_ENDED,
+                agent=row.agent_id,
+                session_id=row.id,
+                channel=row.channel,
+                ts=now,
+                data={
+                    "reason": "erased",
+                    "duration": round((now - row.started_at) / 1000, 3),
+                    "messageCount": 0,
+                    "wasActive": was_active,
+                },
+            )
             events = await self._append(s, [ev])
             return _session(row, await _contact_of(s, row)), events
 
@@ -533,29 +666,65 @@ async def _contact_of(s: AsyncSession, row: SessionRow) -> ContactRow | None:
 
 
 def _event(r: EventRow) -> Event:
-    return Event(type=r.type, agent=r.agent_id, ts=r.ts, session_id=r.session_id, channel=r.channel,
-                 data=r.data, seq=r.seq)
+    return Event(
+        type=r.type,
+        agent=r.agent_id,
+        ts=r.ts,
+        session_id=r.session_id,
+        channel=r.channel,
+        data=r.data,
+        seq=r.seq,
+    )
 
 
 def _key(r: ApiKeyRow) -> ApiKeyRecord:
-    return ApiKeyRecord(id=r.id, name=r.name, prefix=r.prefix, tenant=r.tenant, created_at=r.created_at,
-                        revoked_at=r.revoked_at)
+    return ApiKeyRecord(
+        id=r.id,
+        name=r.name,
+        prefix=r.prefix,
+        tenant=r.tenant,
+        created_at=r.created_at,
+        revoked_at=r.revoked_at,
+    )
 
 
 def _session(r: SessionRow, c: ContactRow | None) -> SessionRecord:
     contact = None if c is None else ContactRecord(id=c.id, channel=c.channel, address=c.address, name=c.name)
     return SessionRecord(
-        id=r.id, agent_id=r.agent_id, channel=r.channel, contact=contact, direction=r.direction,
-        status=r.status, paused=r.paused, meta=dict(r.meta), context=dict(r.context),
-        prompt_vars=dict(r.prompt_vars), prompt=r.prompt, started_at=r.started_at,
-        last_message_at=r.last_message_at, last_inbound_at=r.last_inbound_at, ended_at=r.ended_at,
+        id=r.id,
+        agent_id=r.agent_id,
+        channel=r.channel,
+        contact=contact,
+        direction=r.direction,
+        status=r.status,
+        paused=r.paused,
+        meta=dict(r.meta),
+        context=dict(r.context),
+        prompt_vars=dict(r.prompt_vars),
+        prompt=r.prompt,
+        started_at=r.started_at,
+        last_message_at=r.last_message_at,
+        last_inbound_at=r.last_inbound_at,
+        ended_at=r.ended_at,
         end_reason=r.end_reason,
     )
 
 
 def _message(r: MessageRow) -> MessageRecord:
     return MessageRecord(
-        id=r.id, session_id=r.session_id, channel=r.channel, role=r.role, source=r.source, type=r.type,
-        text=r.text, parts=list(r.parts or []), provider_message_id=r.provider_message_id, status=r.status,
-        error=r.error, in_reply_to=r.in_reply_to, pending=r.pending, author=r.author, created_at=r.created_at,
+        id=r.id,
+        session_id=r.session_id,
+        channel=r.channel,
+        role=r.role,
+        source=r.source,
+        type=r.type,
+        text=r.text,
+        parts=list(r.parts or []),
+        provider_message_id=r.provider_message_id,
+        status=r.status,
+        error=r.error,
+        in_reply_to=r.in_reply_to,
+        pending=r.pending,
+        author=r.author,
+        created_at=r.created_at,
     )

@@ -22,8 +22,7 @@ from gateway.agents.llm import LlmAgent
 from gateway.agents.tools import HttpToolRunner, RoutingToolRunner
 from gateway.errors import AgentError
 from gateway.settings import ToolConfig
-from tests.agents.test_tools import unused_port
-from tests.fakes import bounded, make_turn
+from tests.fakes import bounded, make_turn, unused_port
 from tests.fakes.openai_server import (
     FakeOpenAI,
     chunk,
@@ -143,7 +142,7 @@ async def test_server_that_ignores_stream_true(fake: FakeOpenAI, client: httpx.A
 async def test_two_tool_calls_run_and_the_completion_continues(
     fake: FakeOpenAI, client: httpx.AsyncClient
 ) -> None:
-    tools = [
+    tools: list[dict[str, Any]] = [
         {"name": "weather", "description": "Weather", "url": json_tool(fake, "/weather", "sunny")},
         {"name": "secret", "url": json_tool(fake, "/secret", "1234"), "ephemeral": True},
     ]

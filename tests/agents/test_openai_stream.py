@@ -96,7 +96,7 @@ def test_malformed_chunks_raise_a_typed_agent_error(body: bytes) -> None:
 
 def _assemble(body: bytes) -> tuple[ToolCall, ...]:
     assembler = ToolCallAssembler()
-    for c, _ in [(c, None) for c in parse(awkward(body))[0]]:
+    for c in parse(awkward(body))[0]:
         calls = c["choices"][0]["delta"].get("tool_calls")
         if calls:
             assembler.add(calls)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 from gateway.agents.base import ToolCall, Turn
 from gateway.agents.tools import HttpToolRunner, RoutingToolRunner
 from gateway.settings import ToolConfig
-from tests.fakes import bounded, make_turn
+from tests.fakes import bounded, make_turn, unused_port
 from tests.fakes.scripted_http import Recorded, Reply, ScriptedServer
 
 TURN = make_turn({"answer": "llm", "llm": {"model": "m"}})
@@ -25,12 +24,6 @@ def tool(url: str | None, **fields: Any) -> ToolConfig:
 
 def call(arguments: str = '{"id": 7}') -> ToolCall:
     return ToolCall(id="call_1", name="lookup", arguments=arguments)
-
-
-def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -45,3 +46,10 @@ def make_turn(agent: dict[str, Any] | AgentConfig, text: str = "hi", **fields: A
     }
     values.update(fields)
     return Turn(**values)
+
+
+def unused_port() -> int:
+    """A local port nobody listens on (for "connection refused" tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
