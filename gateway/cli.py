@@ -129,7 +129,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from gateway.store.sql import SessionQuery
 
     settings = _settings(args)
-    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
 
     async def work(rt: Any) -> int:
         count, cursor = 0, None

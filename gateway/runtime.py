@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from gateway.agents.factory import AgentFactory
 from gateway.auth import Auth
 from gateway.bus.facade import Bus
 from gateway.conversations import ConversationService
@@ -23,5 +24,6 @@ class Runtime:
     auth: Auth
     service: ConversationService
     metrics: Metrics
+    agents: AgentFactory
     # Set when the server begins to shut down: long-lived connections close cleanly.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import uvicorn
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -24,6 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from channels.chat.channel import ChatChannel
 from channels.sse.feed import FeedChannel
 from gateway.agents.factory import AgentFactory
+from gateway.agents.remote import ProcessHub
+from gateway.api.agent_socket import AgentSocket
 from gateway.api.http import on_crash, on_gateway_error, on_http_error
 from gateway.api.messages import MessageRoutes
 from gateway.api.ops import OpsRoutes
@@ -36,7 +39,7 @@ from gateway.directory import AgentDirectory
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
-from gateway.settings import Settings
+from gateway.settings import AgentConfig, Settings
 from gateway.store.db import create_engine, ensure_schema
 from gateway.store.sql import Store
 
@@ -55,8 +58,9 @@ def build_runtime(settings: Settings, env: Mapping[str, str] | None = None) -> R
 
     store = Store(create_engine(settings.server.database_url), on_commit=published)
     directory = AgentDirectory(settings)
+    factory = AgentFactory(ProcessHub(), env)
     service = ConversationService(
-        settings=settings, store=store, bus=bus, directory=directory, agents=AgentFactory(), metrics=metrics
+        settings=settings, store=store, bus=bus, directory=directory, agents=factory, metrics=metrics
     )
     return Runtime(
         settings=settings,
@@ -66,6 +70,7 @@ def build_runtime(settings: Settings, env: Mapping[str, str] | None = None) -> R
         auth=Auth(settings, store, env),
         service=service,
         metrics=metrics,
+        agents=factory,
     )
 
 
@@ -105,6 +110,7 @@ def create_app(
         server = settings.server
         await ensure_schema(rt.store.engine, server.database_url, migrate=server.auto_migrate)
         await rt.store.sync_agents(rt.directory.as_json())
+        await load_process_agents(rt)
         await rt.bus.connect()
         await rt.service.resume_pending()
         log.info("gateway ready", extra={"agent": ",".join(rt.directory.ids())})
@@ -114,6 +120,7 @@ def create_app(
             rt.stopping.set()
             await rt.service.turns.shutdown(server.shutdown_grace_seconds)
             await rt.bus.disconnect()
+            await rt.agents.aclose()
             await rt.store.close()
             log.info("gateway stopped")
 
@@ -139,6 +146,16 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=rt.metrics)  # type: ignore[arg-type]
     app.state.runtime = rt
     return app
+
+
+async def load_process_agents(rt: Runtime) -> None:
+    """Agents declared by processes stay known across restarts (their sessions, tokens)."""
+    for agent_id, (origin, config, _paused) in (await rt.store.agent_rows()).items():
+        if origin == "process" and agent_id not in rt.directory:
+            try:
+                rt.directory.put(agent_id, AgentConfig.model_validate(config), origin="process")
+            except ValidationError:
+                log.warning("stored agent %s has an invalid config; skipped", agent_id)
 
 
 def _preflight(rt: Runtime) -> Any:

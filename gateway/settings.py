@@ -60,6 +60,7 @@ class LimitsConfig(_Model):
     history_conversations: int = Field(default=5, ge=0)
     history_messages: int = Field(default=20, ge=0)
     process_reconnect_seconds: float = Field(default=30.0, ge=0)
+    process_reply_timeout_seconds: float = Field(default=120.0, gt=0)
 
 
 class AgentConfig(_Model):
@@ -69,6 +70,8 @@ class AgentConfig(_Model):
     allowed_origins: list[str] = Field(default_factory=list)
     dev_routes: dict[str, str] = Field(default_factory=dict)
     echo_delay_ms: float = Field(default=40.0, ge=0)
+    # A newer user message cancels the reply being streamed; both are answered together.
+    interrupt: bool = False
     llm: LlmConfig | None = None
     webhook: WebhookConfig | None = None
     tools: list[ToolConfig] = Field(default_factory=list)
@@ -140,7 +143,7 @@ class Settings(_Model):
         try:
             return cls.model_validate({**data, "source": source})
         except ValidationError as exc:
-            raise ConfigError(_describe(source, exc)) from None
+            raise ConfigError(describe_validation(source, exc)) from None
 
     @classmethod
     def embedded_default(cls, **server: Any) -> Settings:
@@ -153,7 +156,8 @@ class Settings(_Model):
         )
 
 
-def _describe(source: str, exc: ValidationError) -> str:
+def describe_validation(source: str, exc: ValidationError) -> str:
+    """One line per problem: the key's dotted path, what was expected, what was given."""
     lines = [f"{source}: invalid configuration"]
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "<root>"

@@ -587,6 +587,45 @@ class Store:
         """Mark user messages as handled without a reply (e.g. the turn failed)."""
         return await self.record_reply(session_id=session_id, answered=answered, messages=(), events=events)
 
+    async def replace_history(self, session_id: str, messages: Sequence[NewMessage]) -> bool:
+        """Replace the answered history of a session (its unanswered messages stay)."""
+        now = now_ms()
+        async with self._write() as s:
+            row = await s.get(SessionRow, session_id)
+            if row is None:
+                return False
+            await s.execute(
+                delete(MessageRow).where(MessageRow.session_id == session_id, MessageRow.pending.is_(False))
+            )
+            # Older than anything still pending, so the order stays history → pending.
+            oldest = await s.scalar(
+                select(func.min(MessageRow.created_at)).where(
+                    MessageRow.session_id == session_id, MessageRow.pending.is_(True)
+                )
+            )
+            base = min(now, oldest if oldest is not None else now) - len(messages) - 1
+            for i, m in enumerate(messages):
+                s.add(
+                    MessageRow(
+                        id=m.id,
+                        session_id=session_id,
+                        channel=row.channel,
+                        role=m.role,
+                        source=m.source,
+                        type="text",
+                        text=m.text,
+                        parts=list(m.parts),
+                        provider_message_id=None,
+                        status=None,
+                        error=None,
+                        in_reply_to=m.in_reply_to,
+                        pending=False,
+                        author=m.author,
+                        created_at=base + i,
+                    )
+                )
+            return True
+
     async def update_session(self, session_id: str, **values: Any) -> SessionRecord | None:
         allowed = {"context", "prompt_vars", "prompt", "meta", "paused"}
         bad = set(values) - allowed

@@ -1,0 +1,381 @@
+"""`WS /v1/agents/ws`: agent processes (PROTOCOL §7, docs/agents.md "Agent processes").
+
+One task group per connection: a reader (frames from the process), a writer (the
+registered agents' events from the bus), a heartbeat, and the shutdown watcher;
+the first to finish cancels the others. Every malformed or refused frame is
+answered with `error {code, message}` and the socket stays open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from gateway import ids
+from gateway.agents.remote import ProcessHub, ProcessLink, ReplyItem
+from gateway.auth import Principal
+from gateway.bus.base import Subscription, SubscriptionClosed
+from gateway.codec import dumps
+from gateway.errors import GatewayError, Unauthorized
+from gateway.events import Event
+from gateway.runtime import Runtime
+from gateway.settings import AgentConfig, describe_validation
+from gateway.store.sql import NewMessage
+from gateway.tasks import first_completed
+from gateway.types import EventType
+
+log = logging.getLogger("gateway.agent_socket")
+
+HEARTBEAT_SECONDS = 20.0
+SILENCE_SECONDS = 60.0
+MAX_FRAME_BYTES = 1_048_576
+_SLUG = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+class FrameError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _str(frame: dict[str, Any], key: str, *, max_len: int = 256, required: bool = True) -> str:
+    value = frame.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or not value or len(value) > max_len:
+        raise FrameError(
+            "invalid_frame", f"`{key}` must be a non-empty string of at most {max_len} characters"
+        )
+    return value
+
+
+class AgentSocket:
+    def __init__(self, runtime: Runtime, hub: ProcessHub) -> None:
+        self.rt = runtime
+        self.hub = hub
+
+    def routes(self) -> list[BaseRoute]:
+        return [WebSocketRoute("/v1/agents/ws", self.endpoint)]
+
+    async def endpoint(self, ws: WebSocket) -> None:
+        gauge = self.rt.metrics.websockets.labels("agent")
+        gauge.inc()
+        try:
+            await ws.accept()
+            try:
+                principal = await self.rt.auth.api_key(ws.headers)
+            except Unauthorized as exc:
+                await ws.close(4401, exc.message)
+                return
+            await AgentConnection(ws, self.rt, self.hub, principal).run()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            gauge.dec()
+
+
+class AgentConnection:
+    def __init__(self, ws: WebSocket, rt: Runtime, hub: ProcessHub, principal: Principal) -> None:
+        self.ws = ws
+        self.rt = rt
+        self.hub = hub
+        self.principal = principal
+        self._send_lock = asyncio.Lock()
+        self.link = ProcessLink(self.send, principal.name)
+        # agent id → None while its replay runs (live events are buffered), else its high-water seq
+        self.agents: dict[str, int | None] = {}
+        self._buffered: dict[str, list[tuple[int, bytes]]] = {}
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.send_text(dumps(frame))
+
+    async def send_text(self, text: str) -> None:
+        async with self._send_lock:
+            if self.ws.application_state != WebSocketState.CONNECTED:
+                raise ConnectionError("agent socket closed")
+            await self.ws.send_text(text)
+
+    async def run(self) -> None:
+        try:
+            async with self.rt.bus.subscribe_all(20_000) as sub:
+                await first_completed(self._reader(), self._writer(sub), self._heartbeat(), self._stopping())
+        finally:
+            self.link.close()
+            gone = self.hub.detach(self.link)
+            if gone:
+                await self.rt.store.append_events(
+                    [
+                        Event(type=EventType.AGENT_DISCONNECTED, agent=a, data={"process": self.link.name})
+                        for a in gone
+                    ]
+                )
+            if self.ws.application_state == WebSocketState.CONNECTED:
+                with contextlib.suppress(Exception):
+                    await self.ws.close(1000)
+
+    async def _stopping(self) -> None:
+        await self.rt.stopping.wait()
+        with contextlib.suppress(Exception):
+            await self.ws.close(1001, "server shutting down")
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            await self.send({"event": "ping"})
+
+    # ----------------------------------------------------------------- reader
+
+    async def _reader(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(SILENCE_SECONDS):
+                    msg = await self.ws.receive()
+            except TimeoutError:
+                await self.ws.close(4408, "no frame for 60 s")
+                return
+            if msg["type"] == "websocket.disconnect":
+                return
+            raw = msg.get("text")
+            if raw is None:
+                raw = msg.get("bytes") or b""
+            request_id: Any = None
+            try:
+                if len(raw) > MAX_FRAME_BYTES:
+                    raise FrameError("frame_too_large", f"frames are limited to {MAX_FRAME_BYTES} bytes")
+                try:
+                    frame = json.loads(raw)
+                except (ValueError, UnicodeDecodeError):
+                    raise FrameError("invalid_json", "frames must be JSON objects") from None
+                if not isinstance(frame, dict):
+                    raise FrameError("invalid_frame", "frames must be JSON objects")
+                request_id = frame.get("request_id")
+                if request_id is not None and (not isinstance(request_id, str) or len(request_id) > 64):
+                    request_id = None
+                    raise FrameError(
+                        "invalid_frame", "`request_id` must be a string of at most 64 characters"
+                    )
+                await self._handle(frame, request_id)
+            except FrameError as exc:
+                await self._error(exc.code, exc.message, request_id)
+            except GatewayError as exc:
+                await self._error(exc.code, exc.message, request_id)
+
+    async def _error(self, code: str, message: str, request_id: Any) -> None:
+        out: dict[str, Any] = {"event": "error", "code": code, "message": message}
+        if request_id is not None:
+            out["request_id"] = request_id
+        await self.send(out)
+
+    async def _ok(self, request_id: Any) -> None:
+        if request_id is not None:
+            await self.send({"event": "ok", "request_id": request_id})
+
+    async def _handle(self, frame: dict[str, Any], request_id: Any) -> None:
+        kind = frame.get("event")
+        if kind == "ping":
+            await self.send({"event": "pong"})
+        elif kind == "pong":
+            pass
+        elif kind == "agent.register":
+            await self._register(frame, request_id)
+        elif kind in ("reply.start", "reply.chunk", "reply.end", "reply.error"):
+            self._reply(kind, frame)
+        elif kind == "tool.result":
+            call_id = _str(frame, "tool_call_id")
+            if "result" not in frame:
+                raise FrameError("invalid_frame", "`result` is required")
+            if not self.link.tool_result(call_id, frame["result"]):
+                raise FrameError("unknown_tool_call", f"no pending tool call {call_id!r}")
+        elif isinstance(kind, str) and kind.startswith("session."):
+            await self._session_command(kind, frame, request_id)
+        elif isinstance(kind, str):
+            raise FrameError("unknown_event", f"unknown event {kind[:64]!r}")
+        else:
+            raise FrameError("invalid_frame", "frames need an `event` string")
+
+    async def _register(self, frame: dict[str, Any], request_id: Any) -> None:
+        agent_id = _str(frame, "agent_id", max_len=64)
+        if not set(agent_id) <= _SLUG:
+            raise FrameError("invalid_agent_id", "agent ids are letters, digits, '-' and '_'")
+        self.principal.check(agent_id)
+        raw = frame.get("config", {})
+        if not isinstance(raw, dict):
+            raise FrameError("invalid_config", "`config` must be an object")
+        raw = dict(raw)
+        raw.setdefault("answer", "llm" if raw.get("llm") else "process")
+        try:
+            config = AgentConfig.model_validate(raw)
+        except ValidationError as exc:
+            raise FrameError(
+                "invalid_config", describe_validation(f"agent.register {agent_id}", exc)
+            ) from None
+        last_seq = frame.get("last_seq")
+        if last_seq is not None and (
+            not isinstance(last_seq, int) or isinstance(last_seq, bool) or last_seq < 0
+        ):
+            raise FrameError("invalid_frame", "`last_seq` must be a non-negative integer")
+        first = agent_id not in self.agents
+        self.agents[agent_id] = None  # live events for it are buffered until the replay is sent
+        self._buffered.setdefault(agent_id, [])
+        self.rt.directory.put(agent_id, config, origin="process")
+        await self.rt.store.sync_agents({agent_id: config.model_dump(mode="json")}, origin="process")
+        await self.hub.attach(agent_id, self.link)
+        if first:
+            await self.rt.store.append_events(
+                [Event(type=EventType.AGENT_CONNECTED, agent=agent_id, data={"process": self.link.name})]
+            )
+        high = await self.rt.store.last_seq()
+        if last_seq is not None:
+            cursor = last_seq
+            while True:
+                batch = await self.rt.store.events_after(cursor, agents=[agent_id], limit=500)
+                for event in batch:
+                    await self.send(event.to_wire())
+                if batch:
+                    cursor = batch[-1].seq or cursor
+                if len(batch) < 500:
+                    break
+            high = max(high, cursor)
+            await self.send({"event": "stream.caughtUp", "agent_id": agent_id, "seq": cursor})
+        reply: dict[str, Any] = {"event": "agent.registered", "agent_id": agent_id, "seq": high}
+        if request_id is not None:
+            reply["request_id"] = request_id
+        await self.send(reply)
+        # Flush what arrived live meanwhile, then switch the agent to live forwarding.
+        buffer = self._buffered[agent_id]
+        while buffer:
+            seq, body = buffer.pop(0)
+            if seq > high:
+                await self.send_text(body.decode())
+        del self._buffered[agent_id]
+        self.agents[agent_id] = high
+
+    def _reply(self, kind: str, frame: dict[str, Any]) -> None:
+        message_id = _str(frame, "message_id", max_len=64)
+        if kind == "reply.start":
+            if not self.link.reply(message_id, ReplyItem("start")):
+                raise FrameError("unknown_turn", f"no turn {message_id!r} is waiting for a reply")
+            return
+        if kind == "reply.chunk":
+            token = frame.get("token", "")
+            if not isinstance(token, str):
+                raise FrameError("invalid_frame", "`token` must be a string")
+            item = ReplyItem("chunk", token)
+        elif kind == "reply.end":
+            text = frame.get("text") or ""
+            item = ReplyItem("end", text if isinstance(text, str) else "")
+        else:
+            message = frame.get("message")
+            item = ReplyItem("error", message if isinstance(message, str) else "unspecified error")
+        if not self.link.reply(message_id, item):
+            raise FrameError("unknown_turn", f"no turn {message_id!r} is waiting for a reply")
+
+    async def _session_command(self, kind: str, frame: dict[str, Any], request_id: Any) -> None:
+        service, store = self.rt.service, self.rt.store
+        session_id = _str(frame, "session_id", max_len=64)
+        session = await store.session(session_id)
+        if session is None:
+            raise FrameError("unknown_session", f"no session {session_id!r}")
+        if session.agent_id not in self.agents:
+            raise FrameError(
+                "forbidden",
+                f"session {session_id} belongs to agent {session.agent_id!r}, "
+                "which this connection has not registered",
+            )
+        if kind == "session.set_prompt":
+            prompt = frame.get("prompt")
+            if not isinstance(prompt, str):
+                raise FrameError("invalid_frame", "`prompt` must be a string")
+            await store.update_session(session_id, prompt=prompt)
+        elif kind == "session.add_context":
+            text = _str(frame, "text", max_len=16_384)
+            notes = list(session.context.get("_notes", []))
+            notes.append(text)
+            await store.update_session(session_id, context={**session.context, "_notes": notes[-50:]})
+        elif kind == "session.set_prompt_vars":
+            values = frame.get("vars")
+            if not isinstance(values, dict):
+                raise FrameError("invalid_frame", "`vars` must be an object")
+            merged = {**session.prompt_vars, **values}
+            await store.update_session(
+                session_id, prompt_vars={k: v for k, v in merged.items() if v is not None}
+            )
+        elif kind == "session.set_history":
+            await store.replace_history(session_id, _history(frame.get("messages")))
+        elif kind == "session.clear_history":
+            await store.replace_history(session_id, [])
+        elif kind == "session.get_history":
+            messages = await store.messages(session_id)
+            out: dict[str, Any] = {
+                "event": "session.history",
+                "session_id": session_id,
+                "messages": [
+                    {
+                        "message_id": m.id,
+                        "role": m.role,
+                        "source": m.source,
+                        "text": m.text,
+                        "created_at": m.created_at,
+                    }
+                    for m in messages
+                    if m.role in ("user", "assistant") and m.text
+                ],
+            }
+            if request_id is not None:
+                out["request_id"] = request_id
+            await self.send(out)
+            return
+        elif kind == "session.end":
+            reason = frame.get("reason") or "closed"
+            if not isinstance(reason, str) or len(reason) > 32:
+                raise FrameError("invalid_frame", "`reason` must be a short string")
+            await service.end_session(session_id, reason)
+        else:
+            raise FrameError("unknown_event", f"unknown event {kind[:64]!r}")
+        await self._ok(request_id)
+
+    # ----------------------------------------------------------------- writer
+
+    async def _writer(self, sub: Subscription) -> None:
+        while True:
+            try:
+                raw = await sub.get()
+            except SubscriptionClosed as exc:
+                if exc.overflowed:
+                    await self.ws.close(1013, "fell behind; reconnect and register with last_seq")
+                return
+            header, _, body = raw.partition(b"\n")
+            type_, seq, agent, _session = header.split(b"\t")
+            if type_ == b"bot.token" or not seq:
+                continue
+            name = agent.decode()
+            if name not in self.agents:
+                continue
+            high = self.agents[name]
+            if high is None:
+                self._buffered[name].append((int(seq), body))
+            elif int(seq) > high:
+                await self.send_text(body.decode())
+
+
+def _history(value: Any) -> list[NewMessage]:
+    if not isinstance(value, list) or len(value) > 1000:
+        raise FrameError("invalid_frame", "`messages` must be a list of at most 1000 {role, text}")
+    out = []
+    for item in value:
+        if not isinstance(item, dict) or item.get("role") not in ("user", "assistant"):
+            raise FrameError("invalid_frame", "each message needs `role` user|assistant and `text`")
+        text = item.get("text", item.get("content"))
+        if not isinstance(text, str):
+            raise FrameError("invalid_frame", "each message needs a `text` string")
+        source = "user" if item["role"] == "user" else str(item.get("source", "agent"))
+        out.append(NewMessage(id=ids.message_id(), role=item["role"], text=text, source=source))
+    return out
