@@ -165,7 +165,11 @@ class ConversationService:
             meta=dict(message.metadata),
         )
         if result.message is not None and result.message.pending:
-            self.turns.submit(result.session.id)
+            sid = result.session.id
+            self.turns.submit(sid)
+            if self.directory.get(message.agent).interrupt:
+                # The reply being streamed is dropped; the next turn answers it all together.
+                self.turns.cancel(sid)
         return result
 
     async def set_context(self, session_id: str, key: str, value: Any) -> None:

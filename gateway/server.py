@@ -131,6 +131,7 @@ def create_app(
         SessionRoutes(rt),
         FeedChannel(rt),
         ChatChannel(rt),
+        AgentSocket(rt, rt.agents.hub),
         OpsRoutes(rt),
     ):
         routes.extend(part.routes())

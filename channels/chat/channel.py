@@ -115,7 +115,13 @@ class ChatConnection:
                 if any(m.pending for m in messages):
                     rt.service.turns.submit(sid)  # answer what was left unanswered
             await self.send(started)
-            await first_completed(self._reader(), self._writer(sub), self._stopping())
+            try:
+                await first_completed(self._reader(), self._writer(sub), self._stopping())
+            finally:
+                if not rt.stopping.is_set():
+                    # Nobody is listening any more: stop the reply (and its upstream stream).
+                    # The user's message stays unanswered and is answered on reconnect.
+                    rt.service.turns.cancel(sid)
 
     async def _stopping(self) -> None:
         await self.rt.stopping.wait()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,58 +141,80 @@ async def _send_turn(link: ProcessLink, turn: Turn) -> None:
     }
     try:
         await link.send(frame)
-    except Exception as exc:  # the socket died between lookup and send
-        raise AgentError(f"could not reach the agent process: {exc!r}", code="agent_disconnected") from None
+    except Exception:  # the socket died between lookup and send: treated as gone
+        link.reply(turn.turn_id, ReplyItem("gone"))
 
 
 class ProcessAgent:
-    """`answer = "process"`: the connected process answers the turn itself."""
+    """`answer = "process"`: the connected process answers the turn itself.
+
+    A process that disconnects before it sent any of the reply (say, it was
+    restarting just as the turn began) is waited for again, within the same
+    `process_reconnect_seconds` budget; once text has streamed, a disconnect fails
+    the turn (half a reply is never stored).
+    """
 
     def __init__(self, hub: ProcessHub) -> None:
         self._hub = hub
 
     async def run(self, turn: Turn) -> AsyncIterator[AgentOutput]:
         limits = turn.agent.limits
-        link = await self._hub.wait_for(turn.agent_id, limits.process_reconnect_seconds)
-        if link is None:
-            raise AgentError(
-                f"no agent process is connected for {turn.agent_id!r} "
-                f"(waited {limits.process_reconnect_seconds:g} s)",
-                code="agent_process_unavailable",
-            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.process_reconnect_seconds
+        while True:
+            link = await self._hub.wait_for(turn.agent_id, max(0.0, deadline - loop.time()))
+            if link is None:
+                raise AgentError(
+                    f"no agent process is connected for {turn.agent_id!r} "
+                    f"(waited {limits.process_reconnect_seconds:g} s)",
+                    code="agent_process_unavailable",
+                )
+            streamed = False
+            async with contextlib.aclosing(self._exchange(link, turn)) as items:
+                async for item in items:
+                    if item.kind == "chunk":
+                        streamed = True
+                        yield TextDelta(text=item.text)
+                    elif item.kind == "end":
+                        if item.text and not streamed:
+                            yield TextDelta(text=item.text)
+                        return
+                    elif item.kind == "error":
+                        raise AgentError(
+                            f"the agent process failed the turn: {item.text}", code="agent_error"
+                        )
+                    elif streamed:  # gone, after part of the reply
+                        raise AgentError(
+                            "the agent process disconnected mid-reply", code="agent_disconnected"
+                        )
+                    else:
+                        break  # gone before replying: wait for a process again
+
+    async def _exchange(self, link: ProcessLink, turn: Turn) -> AsyncGenerator[ReplyItem, None]:
+        """Send the turn on one link and yield its reply items until end, error or gone."""
+        timeout = turn.agent.limits.process_reply_timeout_seconds
         queue = link.expect_reply(turn.turn_id)
         finished = False
         try:
             await _send_turn(link, turn)
-            streamed = False
             while True:
                 try:
-                    async with asyncio.timeout(limits.process_reply_timeout_seconds):
+                    async with asyncio.timeout(timeout):
                         item = await queue.get()
                 except TimeoutError:
                     raise AgentError(
-                        f"the agent process sent no reply for {limits.process_reply_timeout_seconds:g} s",
-                        code="agent_timeout",
+                        f"the agent process sent no reply for {timeout:g} s", code="agent_timeout"
                     ) from None
                 if item.kind == "start":
                     continue
-                if item.kind == "chunk":
-                    streamed = True
-                    yield TextDelta(text=item.text)
-                elif item.kind == "end":
-                    finished = True
-                    if item.text and not streamed:
-                        yield TextDelta(text=item.text)
+                finished = item.kind != "chunk"
+                yield item
+                if finished:
                     return
-                elif item.kind == "error":
-                    finished = True
-                    raise AgentError(f"the agent process failed the turn: {item.text}", code="agent_error")
-                else:
-                    raise AgentError("the agent process disconnected mid-reply", code="agent_disconnected")
         finally:
             link.forget_reply(turn.turn_id)
             if not finished and link.open:
-                # Cancelled (or failed) before the process finished: tell it to stop.
+                # Cancelled (or timed out) before the process finished: tell it to stop.
                 with contextlib.suppress(Exception):
                     await link.send(
                         {"event": "turn.cancelled", "session_id": turn.session_id, "message_id": turn.turn_id}

@@ -227,7 +227,6 @@ class AgentConnection:
         self._buffered.setdefault(agent_id, [])
         self.rt.directory.put(agent_id, config, origin="process")
         await self.rt.store.sync_agents({agent_id: config.model_dump(mode="json")}, origin="process")
-        await self.hub.attach(agent_id, self.link)
         if first:
             await self.rt.store.append_events(
                 [Event(type=EventType.AGENT_CONNECTED, agent=agent_id, data={"process": self.link.name})]
@@ -257,6 +256,8 @@ class AgentConnection:
                 await self.send_text(body.decode())
         del self._buffered[agent_id]
         self.agents[agent_id] = high
+        # Only now may turns and tool calls come: the process has seen `agent.registered`.
+        await self.hub.attach(agent_id, self.link)
 
     def _reply(self, kind: str, frame: dict[str, Any]) -> None:
         message_id = _str(frame, "message_id", max_len=64)
