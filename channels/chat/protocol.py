@@ -45,7 +45,7 @@ def parse_client_frame(raw: str | bytes, *, max_text: int, max_bytes: int) -> Cl
         raise FrameError("frame_too_large", f"frames are limited to {max_bytes} bytes")
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise FrameError("invalid_json", "frames must be JSON objects") from None
     if not isinstance(obj, dict):
         raise FrameError("invalid_frame", "frames must be JSON objects")

@@ -57,6 +57,22 @@ def _str(frame: dict[str, Any], key: str, *, max_len: int = 256, required: bool 
     return value
 
 
+def decode_frame(raw: str | bytes, *, max_bytes: int) -> tuple[dict[str, Any], str | None]:
+    """A frame as a JSON object plus its `request_id`, or a FrameError saying why not."""
+    if len(raw) > max_bytes:
+        raise FrameError("frame_too_large", f"frames are limited to {max_bytes} bytes")
+    try:
+        frame = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise FrameError("invalid_json", "frames must be JSON objects") from None
+    if not isinstance(frame, dict):
+        raise FrameError("invalid_frame", "frames must be JSON objects")
+    request_id = frame.get("request_id")
+    if request_id is not None and (not isinstance(request_id, str) or len(request_id) > 64):
+        raise FrameError("invalid_frame", "`request_id` must be a string of at most 64 characters")
+    return frame, request_id
+
+
 class AgentSocket:
     def __init__(self, runtime: Runtime, hub: ProcessHub) -> None:
         self.rt = runtime
@@ -148,20 +164,7 @@ class AgentConnection:
                 raw = msg.get("bytes") or b""
             request_id: Any = None
             try:
-                if len(raw) > MAX_FRAME_BYTES:
-                    raise FrameError("frame_too_large", f"frames are limited to {MAX_FRAME_BYTES} bytes")
-                try:
-                    frame = json.loads(raw)
-                except (ValueError, UnicodeDecodeError):
-                    raise FrameError("invalid_json", "frames must be JSON objects") from None
-                if not isinstance(frame, dict):
-                    raise FrameError("invalid_frame", "frames must be JSON objects")
-                request_id = frame.get("request_id")
-                if request_id is not None and (not isinstance(request_id, str) or len(request_id) > 64):
-                    request_id = None
-                    raise FrameError(
-                        "invalid_frame", "`request_id` must be a string of at most 64 characters"
-                    )
+                frame, request_id = decode_frame(raw, max_bytes=MAX_FRAME_BYTES)
                 await self._handle(frame, request_id)
             except FrameError as exc:
                 await self._error(exc.code, exc.message, request_id)

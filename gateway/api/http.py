@@ -47,7 +47,7 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     body = await read_body(request, limit)
     try:
         obj = json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadRequest("the body is not valid JSON", code="invalid_json") from None
     if not isinstance(obj, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_json")
