@@ -76,7 +76,7 @@
   // ---------------------------------------------------------------- chat
 
   const transcript = $("transcript");
-  const chatStatus = $("chat-status");
+  const chatStatus = document.querySelector("[data-testid=chat-status]");
   const sessionLabel = document.querySelector("[data-testid=session-id]");
   const form = $("composer");
   const input = $("message");
@@ -279,7 +279,7 @@
   // ---------------------------------------------------------------- feed
 
   const events = $("events");
-  const feedStatus = $("feed-status");
+  const feedStatus = document.querySelector("[data-testid=feed-status]");
   const feed = {
     es: null,
     lastSeq: null, // the resume point: `&lastEventId=` on the next connection

@@ -114,6 +114,10 @@ class SessionRow(Base):
     last_inbound_at: Mapped[int | None]
     ended_at: Mapped[int | None]
     end_reason: Mapped[str | None] = mapped_column(String(32))
+    # WhatsApp: the customer-service window closed early (a 131047 / 63016 failure).
+    window_closed_at: Mapped[int | None]
+    # The channel address of the business side (a WhatsApp phone_number_id, a Twilio number).
+    endpoint: Mapped[str | None] = mapped_column(String(128))
 
 
 class MessageRow(Base):
@@ -140,6 +144,7 @@ class MessageRow(Base):
     # the same transaction, so a crash mid-turn leaves it pending and it is re-run.
     pending: Mapped[bool] = mapped_column(Boolean, default=False)
     author: Mapped[str | None] = mapped_column(String(128))  # operator identity for human messages
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # reactions, edits, revokes, provider extras
     created_at: Mapped[int]
 
 
@@ -156,3 +161,35 @@ class EventRow(Base):
     session_id: Mapped[str | None] = mapped_column(String(64), index=True)
     channel: Mapped[str | None] = mapped_column(String(16))
     data: Mapped[dict[str, Any]]
+
+
+class OutboxRow(Base):
+    """One provider send (one part of a reply), delivered with retries, at most once.
+
+    `pending` → `sending` (claimed, committed before the HTTP call) → `sent`, or
+    back to `pending` with a later `next_attempt_at`, or `failed`. A row found in
+    `sending` after a crash is `uncertain`: it is never sent again blindly (that
+    could send twice); a status webhook that echoes its key settles it, otherwise it
+    fails with a clear error.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_status_next", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(80), unique=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    agent_id: Mapped[str] = mapped_column(String(64))
+    session_id: Mapped[str] = mapped_column(String(64), index=True)
+    message_id: Mapped[str] = mapped_column(String(40), index=True)
+    part: Mapped[int] = mapped_column(Integer, default=0)
+    parts: Mapped[int] = mapped_column(Integer, default=1)
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[int]
+    provider_message_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    delivery: Mapped[str | None] = mapped_column(String(16))  # sent/delivered/read/played/failed
+    last_error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[int]
+    updated_at: Mapped[int]

@@ -32,6 +32,8 @@ class SessionRecord:
     last_inbound_at: int | None
     ended_at: int | None
     end_reason: str | None
+    window_closed_at: int | None = None
+    endpoint: str | None = None
 
     @property
     def active(self) -> bool:
@@ -54,6 +56,7 @@ class MessageRecord:
     in_reply_to: str | None = None
     pending: bool = False
     author: str | None = None
+    meta: dict[str, Any] | None = None
     created_at: int = 0
 
 
@@ -74,3 +77,20 @@ class TokenRecord:
     session_id: str | None
     meta: dict[str, Any]
     expires_at: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OutboxItem:
+    """One provider send as the outbox hands it to a channel's sender."""
+
+    id: str
+    idempotency_key: str
+    channel: str
+    agent_id: str
+    session_id: str
+    message_id: str
+    part: int
+    parts: int
+    payload: dict[str, Any]
+    attempts: int
+    endpoint: str | None = None

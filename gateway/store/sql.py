@@ -746,6 +746,8 @@ def _session(r: SessionRow, c: ContactRow | None) -> SessionRecord:
         last_inbound_at=r.last_inbound_at,
         ended_at=r.ended_at,
         end_reason=r.end_reason,
+        window_closed_at=r.window_closed_at,
+        endpoint=r.endpoint,
     )
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 from gateway.store import db
 from gateway.store.models import Base
 
-TABLES = {"agents", "api_keys", "browser_tokens", "contacts", "sessions", "messages", "events"}
+TABLES = {"agents", "api_keys", "browser_tokens", "contacts", "sessions", "messages", "events", "outbox"}
 
 
 async def _tables(url: str) -> set[str]:
