@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 from gateway import ids
@@ -26,11 +26,13 @@ from gateway.agents.base import (
     Turn,
 )
 from gateway.bus.facade import Bus
+from gateway.delivery import Delivery, provider_of
 from gateway.directory import AgentDirectory
 from gateway.errors import BadRequest, Conflict, GatewayError, NotFound
-from gateway.events import ContactRef, Event, InboundMessage
+from gateway.events import ContactRef, Event, InboundMessage, now_ms
 from gateway.metrics import Metrics
 from gateway.settings import AgentConfig, Settings
+from gateway.store.outbox import OutboxPart
 from gateway.store.records import MessageRecord, SessionRecord
 from gateway.store.sql import Ingested, NewMessage, Store
 from gateway.turns import TurnRunner
@@ -109,8 +111,13 @@ class ConversationService:
         directory: AgentDirectory,
         agents: AgentFactory,
         metrics: Metrics,
+        deliveries: Mapping[str, Delivery] | None = None,
     ) -> None:
         self.settings = settings
+        # Store-and-forward channels by provider (filled by the composition root).
+        self.deliveries: Mapping[str, Delivery] = deliveries if deliveries is not None else {}
+        self.on_outbox: Callable[[], None] = lambda: None  # wakes the outbox worker
+        self._background: set[asyncio.Task[None]] = set()
         self.store = store
         self.bus = bus
         self.directory = directory
@@ -163,6 +170,10 @@ class ConversationService:
             provider_message_id=message.provider_message_id,
             parts=message.parts,
             meta=dict(message.metadata),
+            extra=dict(message.extra) or None,
+            endpoint=message.endpoint,
+            turn=message.turn,
+            message_meta=dict(message.message_meta) or None,
         )
         if result.message is not None and result.message.pending:
             sid = result.session.id
@@ -226,6 +237,19 @@ class ConversationService:
         if config is None:
             await self._fail(session, pending, last, "unknown_agent", f"agent {session.agent_id!r} is gone")
             return
+        delivery = self.deliveries.get(provider_of(session) or "")
+        if delivery is not None:
+            self._spawn(self._typing(delivery, session, pending[-1]))
+        restored: list[MessageRecord] = []
+        if session.contact is not None:
+            # A returning contact: the agent remembers their last conversations.
+            restored = await self.store.previous_messages(
+                agent_id=session.agent_id,
+                contact_id=session.contact.id,
+                before_session=session_id,
+                conversations=config.limits.history_conversations,
+                limit=config.limits.history_messages,
+            )
         turn = Turn(
             turn_id=reply_id,
             session_id=session_id,
@@ -240,7 +264,9 @@ class ConversationService:
                 name=session.contact.name,
             ),
             messages=tuple(_chat(m) for m in pending),
-            history=tuple(_chat(m) for m in messages if not m.pending and m.role in _HISTORY_ROLES),
+            history=tuple(
+                _chat(m) for m in [*restored, *messages] if not m.pending and m.role in _HISTORY_ROLES
+            ),
             context=session.context,
             prompt=session.prompt or config.prompt,
             prompt_vars=session.prompt_vars,
@@ -329,10 +355,30 @@ class ConversationService:
         if ttft is not None:
             timings["firstTokenMs"] = round(ttft * 1000, 1)
         reply = NewMessage(id=reply_id, role="assistant", text=text, in_reply_to=last)
+        outbox: list[OutboxPart] = []
+        notices: list[Event] = []
+        if delivery is not None and text.strip():
+            latest = await self.store.session(session_id) or session
+            if delivery.window_open(latest, now_ms()):
+                payloads = delivery.render(latest, text, pending[-1])
+                outbox = [OutboxPart(payload=p, part=i, parts=len(payloads)) for i, p in enumerate(payloads)]
+            else:
+                notices.append(
+                    event(
+                        EventType.SESSION_ERROR,
+                        {
+                            "code": "window_closed",
+                            "inReplyTo": last,
+                            "message": "the 24-hour window is closed: the reply was stored but not sent "
+                            "(send a template instead)",
+                        },
+                    )
+                )
         await self.store.record_reply(
             session_id=session_id,
             answered=[m.id for m in pending],
             messages=[*extra, reply],
+            outbox=outbox,
             events=[
                 event(
                     EventType.BOT_MESSAGE,
@@ -344,15 +390,30 @@ class ConversationService:
                         "answered": [m.id for m in pending],
                         "timings": timings,
                     },
-                )
+                ),
+                *notices,
             ],
         )
+        if outbox:
+            self.on_outbox()
         agent = session.agent_id
         self.metrics.turns.labels(agent, "ok").inc()
         self.metrics.turn_seconds.labels(agent).observe(total)
         if ttft is not None:
             self.metrics.ttft_seconds.labels(agent).observe(ttft)
         self.metrics.tokens.labels(agent).inc(tokens.count)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _typing(self, delivery: Delivery, session: SessionRecord, message: MessageRecord) -> None:
+        try:
+            async with asyncio.timeout(10):
+                await delivery.typing(session, message)
+        except Exception as exc:  # best effort: a typing indicator never fails a turn
+            log.info("typing indicator failed: %r", exc, extra={"session_id": session.id})
 
     async def _fail(
         self, session: SessionRecord, pending: list[MessageRecord], last: str, code: str, message: str

@@ -81,3 +81,7 @@ class InboundMessage:
     provider_message_id: str | None = None
     parts: tuple[Mapping[str, Any], ...] = ()
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    endpoint: str | None = None  # the business side, e.g. "whatsapp:<phone_number_id>"
+    turn: bool = True  # False: record only (a reaction), no agent turn
+    extra: Mapping[str, Any] = field(default_factory=dict)  # more fields for the user.message event
+    message_meta: Mapping[str, Any] = field(default_factory=dict)

@@ -9,8 +9,11 @@ from gateway.agents.factory import AgentFactory
 from gateway.auth import Auth
 from gateway.bus.facade import Bus
 from gateway.conversations import ConversationService
+from gateway.delivery import Delivery
 from gateway.directory import AgentDirectory
+from gateway.limits import SessionLimits
 from gateway.metrics import Metrics
+from gateway.outbox import Outbox
 from gateway.settings import Settings
 from gateway.store.sql import Store
 
@@ -25,5 +28,8 @@ class Runtime:
     service: ConversationService
     metrics: Metrics
     agents: AgentFactory
+    deliveries: dict[str, Delivery]
+    outbox: Outbox
+    limits: SessionLimits
     # Set when the server begins to shut down: long-lived connections close cleanly.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)

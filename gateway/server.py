@@ -7,6 +7,7 @@ long-lived connections to close cleanly before uvicorn waits for them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -35,9 +36,12 @@ from gateway.api.tokens import TokenRoutes
 from gateway.auth import Auth, origin_allowed
 from gateway.bus.facade import Bus
 from gateway.conversations import ConversationService
+from gateway.delivery import Delivery
 from gateway.directory import AgentDirectory
 from gateway.errors import GatewayError
+from gateway.limits import SessionLimits
 from gateway.metrics import Metrics
+from gateway.outbox import Outbox
 from gateway.runtime import Runtime
 from gateway.settings import AgentConfig, Settings
 from gateway.store.db import create_engine, ensure_schema
@@ -59,9 +63,18 @@ def build_runtime(settings: Settings, env: Mapping[str, str] | None = None) -> R
     store = Store(create_engine(settings.server.database_url), on_commit=published)
     directory = AgentDirectory(settings)
     factory = AgentFactory(ProcessHub(), env)
+    deliveries: dict[str, Delivery] = {}
     service = ConversationService(
-        settings=settings, store=store, bus=bus, directory=directory, agents=factory, metrics=metrics
+        settings=settings,
+        store=store,
+        bus=bus,
+        directory=directory,
+        agents=factory,
+        metrics=metrics,
+        deliveries=deliveries,
     )
+    outbox = Outbox(store, deliveries, settings.server)
+    service.on_outbox = outbox.wake
     return Runtime(
         settings=settings,
         store=store,
@@ -71,6 +84,9 @@ def build_runtime(settings: Settings, env: Mapping[str, str] | None = None) -> R
         service=service,
         metrics=metrics,
         agents=factory,
+        deliveries=deliveries,
+        outbox=outbox,
+        limits=SessionLimits(store, service, directory, settings.server.limits_sweep_seconds),
     )
 
 
@@ -113,12 +129,20 @@ def create_app(
         await load_process_agents(rt)
         await rt.bus.connect()
         await rt.service.resume_pending()
+        workers = [
+            asyncio.create_task(rt.outbox.run(), name="outbox"),
+            asyncio.create_task(rt.limits.run(), name="session-limits"),
+        ]
         log.info("gateway ready", extra={"agent": ",".join(rt.directory.ids())})
         try:
             yield {"runtime": rt}
         finally:
             rt.stopping.set()
             await rt.service.turns.shutdown(server.shutdown_grace_seconds)
+            await rt.outbox.drain(server.shutdown_grace_seconds)
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
             await rt.bus.disconnect()
             await rt.agents.aclose()
             await rt.store.close()

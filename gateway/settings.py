@@ -114,6 +114,12 @@ class ServerConfig(_Model):
     token_ttl_seconds: int = Field(default=60, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     token_flush_ms: float = Field(default=0.0, ge=0)
+    outbox_poll_seconds: float = Field(default=1.0, gt=0)
+    outbox_concurrency: int = Field(default=16, gt=0)
+    outbox_retry_base_seconds: float = Field(default=2.0, gt=0)
+    outbox_max_attempts: int = Field(default=8, gt=0)
+    outbox_uncertain_grace_seconds: float = Field(default=120.0, ge=0)
+    limits_sweep_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator("bus_url")
     @classmethod

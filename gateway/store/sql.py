@@ -36,8 +36,10 @@ from gateway.store.models import (
     ContactRow,
     EventRow,
     MessageRow,
+    OutboxRow,
     SessionRow,
 )
+from gateway.store.outbox import OutboxPart, OutboxQueries
 from gateway.store.records import (
     ApiKeyRecord,
     ContactRecord,
@@ -95,6 +97,7 @@ class Store:
         self._pg = engine.dialect.name == "postgresql"
         self._write_lock = asyncio.Lock()
         self.on_commit = on_commit
+        self.outbox = OutboxQueries(self)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -307,6 +310,7 @@ class Store:
         meta: dict[str, Any],
         session_id: str | None,
         now: int,
+        endpoint: str | None = None,
     ) -> tuple[SessionRow, Event]:
         agent = await s.get(AgentRow, agent_id)
         paused = bool(agent and agent.paused) or bool(contact and agent_id in contact.paused_agents)
@@ -325,6 +329,8 @@ class Store:
             started_at=now,
             last_message_at=now,
             last_inbound_at=None,
+            endpoint=endpoint,
+            window_closed_at=None,
             ended_at=None,
             end_reason=None,
         )
@@ -349,6 +355,7 @@ class Store:
         contact: ContactRef | None = None,
         direction: str = "inbound",
         meta: dict[str, Any] | None = None,
+        endpoint: str | None = None,
     ) -> tuple[SessionRecord, list[Event]]:
         now = now_ms()
         async with self._write() as s:
@@ -362,6 +369,7 @@ class Store:
                 meta=meta or {},
                 session_id=None,
                 now=now,
+                endpoint=endpoint,
             )
             events = await self._append(s, [started])
             return _session(row, crow), events
@@ -379,6 +387,9 @@ class Store:
         parts: Sequence[Any] = (),
         meta: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
+        endpoint: str | None = None,
+        turn: bool = True,
+        message_meta: dict[str, Any] | None = None,
     ) -> Ingested:
         """Store one inbound user message, its dedupe key and its event in one transaction.
 
@@ -429,6 +440,7 @@ class Store:
                     meta=meta or {},
                     session_id=None,
                     now=now,
+                    endpoint=endpoint,
                 )
                 events.append(ev)
                 started = True
@@ -451,13 +463,16 @@ class Store:
                 status=None,
                 error=None,
                 in_reply_to=None,
-                pending=not paused,
+                pending=turn and not paused,
                 author=None,
+                meta=message_meta,
                 created_at=now,
             )
             s.add(mrow)
             srow.last_message_at = now
             srow.last_inbound_at = now
+            if endpoint and srow.endpoint is None:
+                srow.endpoint = endpoint
             try:
                 await s.flush()
             except IntegrityError:
@@ -546,11 +561,25 @@ class Store:
         answered: Sequence[str],
         messages: Sequence[NewMessage],
         events: Sequence[Event],
+        outbox: Sequence[OutboxPart] = (),
     ) -> list[Event]:
-        """Store a finished turn: its messages, the answered user messages, its events."""
+        """Store a finished turn: its messages, the answered user messages, its events,
+        and (store-and-forward channels) the outbox parts that deliver the last message."""
         now = now_ms()
         async with self._write() as s:
-            channel = (await s.get_one(SessionRow, session_id)).channel if messages else ""
+            srow = await s.get_one(SessionRow, session_id) if messages else None
+            channel = srow.channel if srow else ""
+            if outbox and srow is not None:
+                s.add_all(
+                    self.outbox._outbox_rows(
+                        channel=channel,
+                        agent_id=srow.agent_id,
+                        session_id=session_id,
+                        message_id=messages[-1].id,
+                        parts=outbox,
+                        now=now,
+                    )
+                )
             for i, m in enumerate(messages):
                 s.add(
                     MessageRow(
@@ -563,7 +592,7 @@ class Store:
                         text=m.text,
                         parts=list(m.parts),
                         provider_message_id=None,
-                        status=None,
+                        status="queued" if outbox and i == len(messages) - 1 else None,
                         error=None,
                         in_reply_to=m.in_reply_to,
                         pending=False,
@@ -624,6 +653,122 @@ class Store:
                         created_at=base + i,
                     )
                 )
+            return True
+
+    async def previous_messages(
+        self, *, agent_id: str, contact_id: str, before_session: str, conversations: int, limit: int
+    ) -> list[MessageRecord]:
+        """A returning contact's last conversations with the agent (user/assistant text), oldest first."""
+        if conversations <= 0 or limit <= 0:
+            return []
+        async with self._read() as s:
+            sids = list(
+                await s.scalars(
+                    select(SessionRow.id)
+                    .where(
+                        SessionRow.agent_id == agent_id,
+                        SessionRow.contact_id == contact_id,
+                        SessionRow.id != before_session,
+                        SessionRow.end_reason.is_distinct_from("erased"),
+                    )
+                    .order_by(SessionRow.started_at.desc())
+                    .limit(conversations)
+                )
+            )
+            if not sids:
+                return []
+            rows = (
+                await s.scalars(
+                    select(MessageRow)
+                    .where(
+                        MessageRow.session_id.in_(sids),
+                        MessageRow.role.in_(("user", "assistant")),
+                        MessageRow.text != "",
+                    )
+                    .order_by(MessageRow.created_at.desc(), MessageRow.id.desc())
+                    .limit(limit)
+                )
+            ).all()
+        return [_message(r) for r in reversed(rows)]
+
+    async def expired_sessions(
+        self, *, agent_id: str, idle_before: int, window_before: int
+    ) -> list[tuple[str, str]]:
+        """Active sessions of an agent past a limit: (session id, reason)."""
+        async with self._read() as s:
+            rows = (
+                await s.execute(
+                    select(
+                        SessionRow.id,
+                        SessionRow.channel,
+                        SessionRow.last_message_at,
+                        SessionRow.last_inbound_at,
+                    )
+                    .where(
+                        SessionRow.agent_id == agent_id,
+                        SessionRow.status == SessionStatus.ACTIVE,
+                        SessionRow.channel != "phone",
+                        or_(
+                            SessionRow.last_message_at < idle_before,
+                            and_(
+                                SessionRow.channel == "whatsapp", SessionRow.last_inbound_at < window_before
+                            ),
+                        ),
+                    )
+                    .limit(500)
+                )
+            ).all()
+        out = []
+        for sid, channel, last_message, last_inbound in rows:
+            # Whichever limit passed first names the end.
+            idle_at = last_message - idle_before
+            window_at = (
+                last_inbound - window_before if channel == "whatsapp" and last_inbound is not None else None
+            )
+            if window_at is not None and window_at < 0 and (idle_at >= 0 or window_at <= idle_at):
+                out.append((sid, "window_expired"))
+            else:
+                out.append((sid, "idle_timeout"))
+        return out
+
+    async def annotate_message(
+        self, *, channel: str, provider_message_id: str, key: str, value: Any, events: Sequence[Event] = ()
+    ) -> str | None:
+        """Record something about an earlier message (a reaction, an edit, a revoke): its id, or None."""
+        async with self._write() as s:
+            row = await s.scalar(
+                select(MessageRow).where(
+                    MessageRow.channel == channel, MessageRow.provider_message_id == provider_message_id
+                )
+            )
+            if row is None:
+                row = await s.scalar(
+                    select(MessageRow)
+                    .join(OutboxRow, OutboxRow.message_id == MessageRow.id)
+                    .where(OutboxRow.channel == channel, OutboxRow.provider_message_id == provider_message_id)
+                )
+            if row is None:
+                return None
+            meta = dict(row.meta or {})
+            meta[key] = value
+            row.meta = meta
+            await self._append(s, events)
+            return row.id
+
+    async def rekey_contact(self, *, channel: str, old: str, new: str) -> bool:
+        """A user changed number: the contact keeps its history under the new address."""
+        async with self._write() as s:
+            row = await s.scalar(
+                select(ContactRow).where(ContactRow.channel == channel, ContactRow.address == old)
+            )
+            if row is None:
+                return False
+            clash = await s.scalar(
+                select(ContactRow).where(ContactRow.channel == channel, ContactRow.address == new)
+            )
+            if clash is not None:
+                return False
+            row.address = new
             return True
 
     async def update_session(self, session_id: str, **values: Any) -> SessionRecord | None:
@@ -767,5 +912,6 @@ def _message(r: MessageRow) -> MessageRecord:
         in_reply_to=r.in_reply_to,
         pending=r.pending,
         author=r.author,
+        meta=r.meta,
         created_at=r.created_at,
     )

@@ -1,0 +1,53 @@
+"""Session limits that end sessions on time: idle timeout and WhatsApp's 24-hour window.
+
+The deadlines are data (derived from the stored `last_message_at` and
+`last_inbound_at`), so a restart loses none; one sweeper per process ends what is
+due, through the conversation service (which emits `session.ended`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gateway.conversations import ConversationService
+from gateway.directory import AgentDirectory
+from gateway.events import now_ms
+from gateway.store.sql import Store
+
+log = logging.getLogger("gateway.limits")
+
+WINDOW_MS = 24 * 3600 * 1000
+
+
+class SessionLimits:
+    def __init__(
+        self, store: Store, service: ConversationService, directory: AgentDirectory, sweep_seconds: float
+    ) -> None:
+        self._store = store
+        self._service = service
+        self._directory = directory
+        self._sweep = sweep_seconds
+
+    async def sweep(self) -> int:
+        ended = 0
+        now = now_ms()
+        for agent_id in self._directory.ids():
+            config = self._directory.get(agent_id)
+            due = await self._store.expired_sessions(
+                agent_id=agent_id,
+                idle_before=now - config.limits.idle_timeout_seconds * 1000,
+                window_before=now - WINDOW_MS,
+            )
+            for session_id, reason in due:
+                await self._service.end_session(session_id, reason)
+                ended += 1
+        return ended
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("session-limits sweep failed; will retry")
+            await asyncio.sleep(self._sweep)

@@ -1,0 +1,304 @@
+"""Outbox and delivery-status queries (a part of the Store, kept in its own module).
+
+Delivery status only moves forward: sent < delivered < read < played; `failed` is
+final and keeps its error. Statuses for one provider message may arrive twice or
+out of order; a status that would move backwards is ignored (and emits nothing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway import ids
+from gateway.events import Event, now_ms
+from gateway.store.models import MessageRow, OutboxRow, SessionRow
+from gateway.store.records import OutboxItem
+from gateway.types import EventType
+
+if TYPE_CHECKING:
+    from gateway.store.sql import Store
+
+RANK = {"queued": 0, "sent": 1, "delivered": 2, "read": 3, "played": 4}
+FINAL = "failed"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OutboxPart:
+    payload: dict[str, Any]
+    part: int
+    parts: int
+
+
+def advances(current: str | None, new: str) -> bool:
+    """Whether a delivery status may replace the current one."""
+    if current == FINAL:
+        return False
+    if new == FINAL:
+        return True
+    if new not in RANK:
+        return False
+    return RANK[new] > RANK.get(current or "queued", 0) or current is None
+
+
+class OutboxQueries:
+    """`store.outbox`: shares the store's engine, write lock and event log."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def _write(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
+        return self._store._write()
+
+    def _read(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
+        return self._store._read()
+
+    async def _append(self, s: AsyncSession, events: Iterable[Event]) -> list[Event]:
+        return await self._store._append(s, events)
+
+    def _outbox_rows(
+        self,
+        *,
+        channel: str,
+        agent_id: str,
+        session_id: str,
+        message_id: str,
+        parts: Sequence[OutboxPart],
+        now: int,
+    ) -> list[OutboxRow]:
+        return [
+            OutboxRow(
+                id=ids.message_id().replace("msg_", "out_"),
+                idempotency_key=f"{message_id}:{p.part}",
+                channel=channel,
+                agent_id=agent_id,
+                session_id=session_id,
+                message_id=message_id,
+                part=p.part,
+                parts=p.parts,
+                payload=p.payload,
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+                provider_message_id=None,
+                delivery=None,
+                last_error=None,
+                created_at=now,
+                updated_at=now,
+            )
+            for p in parts
+        ]
+
+    async def enqueue(
+        self, *, session_id: str, message_id: str, parts: Sequence[OutboxPart], events: Sequence[Event] = ()
+    ) -> list[Event]:
+        now = now_ms()
+        async with self._write() as s:
+            row = await s.get_one(SessionRow, session_id)
+            s.add_all(
+                self._outbox_rows(
+                    channel=row.channel,
+                    agent_id=row.agent_id,
+                    session_id=session_id,
+                    message_id=message_id,
+                    parts=parts,
+                    now=now,
+                )
+            )
+            return await self._append(s, events)
+
+    async def claim_due(self, limit: int = 32) -> list[OutboxItem]:
+        """Claim the next part of each session whose turn to send has come.
+
+        Parts of one session go strictly in order, one at a time: a session with a
+        part in flight, or whose oldest pending part is still backing off, waits.
+        The claim is committed before the provider is called.
+        """
+        now = now_ms()
+        async with self._write() as s:
+            busy = set(
+                await s.scalars(
+                    select(OutboxRow.session_id).where(OutboxRow.status.in_(("sending", "uncertain")))
+                )
+            )
+            rows = (
+                await s.scalars(
+                    select(OutboxRow)
+                    .where(OutboxRow.status == "pending")
+                    .order_by(OutboxRow.created_at, OutboxRow.part, OutboxRow.id)
+                    .limit(2000)
+                )
+            ).all()
+            seen: set[str] = set()
+            claimed: list[OutboxRow] = []
+            for row in rows:
+                if row.session_id in seen or row.session_id in busy:
+                    continue
+                seen.add(row.session_id)
+                if row.next_attempt_at <= now:
+                    row.status, row.attempts, row.updated_at = "sending", row.attempts + 1, now
+                    claimed.append(row)
+                    if len(claimed) >= limit:
+                        break
+            endpoints = {}
+            for row in claimed:
+                if row.session_id not in endpoints:
+                    endpoints[row.session_id] = (await s.get_one(SessionRow, row.session_id)).endpoint
+            return [_item(r, endpoints[r.session_id]) for r in claimed]
+
+    async def mark_sent(self, outbox_id: str, provider_message_id: str) -> list[Event]:
+        now = now_ms()
+        async with self._write() as s:
+            row = await s.get_one(OutboxRow, outbox_id)
+            row.status, row.provider_message_id, row.updated_at = "sent", provider_message_id, now
+            row.delivery = row.delivery if row.delivery and RANK.get(row.delivery, -1) > 1 else "sent"
+            return await self._delivery_changed(s, row, "sent", None)
+
+    async def mark_retry(self, outbox_id: str, at: int, error: dict[str, Any]) -> None:
+        async with self._write() as s:
+            row = await s.get_one(OutboxRow, outbox_id)
+            row.status, row.next_attempt_at, row.last_error, row.updated_at = "pending", at, error, now_ms()
+
+    async def mark_failed(self, outbox_id: str, error: dict[str, Any]) -> list[Event]:
+        async with self._write() as s:
+            row = await s.get_one(OutboxRow, outbox_id)
+            row.status, row.delivery, row.last_error, row.updated_at = "failed", FINAL, error, now_ms()
+            return await self._delivery_changed(s, row, FINAL, error)
+
+    async def recover_in_flight(self, grace_ms: int) -> int:
+        """At start-up: a part claimed by a process that died may or may not have gone out."""
+        now = now_ms()
+        async with self._write() as s:
+            res = await s.execute(
+                update(OutboxRow)
+                .where(OutboxRow.status == "sending")
+                .values(status="uncertain", next_attempt_at=now + grace_ms, updated_at=now)
+            )
+            return int(res.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def expire_uncertain(self) -> list[Event]:
+        """Uncertain parts that no status webhook settled are failed, never resent (no double send)."""
+        now = now_ms()
+        events: list[Event] = []
+        async with self._write() as s:
+            rows = (
+                await s.scalars(
+                    select(OutboxRow).where(OutboxRow.status == "uncertain", OutboxRow.next_attempt_at <= now)
+                )
+            ).all()
+            for row in rows:
+                error = {
+                    "code": "delivery_unknown",
+                    "message": "the gateway stopped while sending this part; "
+                    "no delivery receipt arrived, so it was not sent again",
+                }
+                row.status, row.delivery, row.last_error, row.updated_at = "failed", FINAL, error, now
+                events += await self._delivery_changed(s, row, FINAL, error)
+        return events
+
+    async def delivery_status(
+        self,
+        *,
+        channel: str,
+        provider_message_id: str,
+        status: str,
+        error: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> list[Event]:
+        """A provider's receipt for a message we sent. Returns the events it caused (maybe none)."""
+        async with self._write() as s:
+            row = await s.scalar(
+                select(OutboxRow).where(
+                    OutboxRow.channel == channel, OutboxRow.provider_message_id == provider_message_id
+                )
+            )
+            if row is None and idempotency_key:
+                row = await s.scalar(select(OutboxRow).where(OutboxRow.idempotency_key == idempotency_key))
+                if row is not None and row.status in ("uncertain", "sending"):
+                    # The part did go out before the crash: settle it instead of failing it.
+                    row.status, row.provider_message_id = "sent", provider_message_id
+            if row is None or not advances(row.delivery, status):
+                return []
+            row.delivery, row.updated_at = status, now_ms()
+            if status == FINAL:
+                row.last_error = error
+            return await self._delivery_changed(s, row, status, error)
+
+    async def close_window(self, session_id: str) -> None:
+        async with self._write() as s:
+            await s.execute(
+                update(SessionRow).where(SessionRow.id == session_id).values(window_closed_at=now_ms())
+            )
+
+    async def outbox_for(self, message_id: str) -> list[dict[str, Any]]:
+        async with self._read() as s:
+            rows = await s.scalars(
+                select(OutboxRow).where(OutboxRow.message_id == message_id).order_by(OutboxRow.part)
+            )
+            return [
+                {
+                    "part": r.part,
+                    "status": r.status,
+                    "delivery": r.delivery,
+                    "attempts": r.attempts,
+                    "providerMessageId": r.provider_message_id,
+                    "error": r.last_error,
+                    "payload": r.payload,
+                }
+                for r in rows
+            ]
+
+    async def _delivery_changed(
+        self, s: AsyncSession, row: OutboxRow, status: str, error: dict[str, Any] | None
+    ) -> list[Event]:
+        """Update the message's overall status (its least advanced part) and emit `message.status`."""
+        siblings = (await s.scalars(select(OutboxRow).where(OutboxRow.message_id == row.message_id))).all()
+        states = [r.delivery for r in siblings]
+        overall = (
+            FINAL if FINAL in states else min((x or "queued" for x in states), key=lambda x: RANK.get(x, 0))
+        )
+        message = await s.get(MessageRow, row.message_id)
+        if message is not None:
+            message.status = overall
+            if error is not None:
+                message.error = error
+            if message.provider_message_id is None and row.provider_message_id and row.part == 0:
+                message.provider_message_id = row.provider_message_id
+        data: dict[str, Any] = {
+            "messageId": row.message_id,
+            "providerMessageId": row.provider_message_id,
+            "status": status,
+            "part": row.part,
+            "parts": row.parts,
+        }
+        if error is not None:
+            data["error"] = error
+        event = Event(
+            type=EventType.MESSAGE_STATUS,
+            agent=row.agent_id,
+            session_id=row.session_id,
+            channel=row.channel,
+            data=data,
+        )
+        return await self._append(s, [event])
+
+
+def _item(r: OutboxRow, endpoint: str | None) -> OutboxItem:
+    return OutboxItem(
+        id=r.id,
+        idempotency_key=r.idempotency_key,
+        channel=r.channel,
+        agent_id=r.agent_id,
+        session_id=r.session_id,
+        message_id=r.message_id,
+        part=r.part,
+        parts=r.parts,
+        payload=r.payload,
+        attempts=r.attempts,
+        endpoint=endpoint,
+    )
