@@ -22,11 +22,13 @@ class GatewayError(Exception):
     status: int = 500
     code: str = "internal"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        if status is not None:
+            self.status = status
 
 
 class ConfigError(GatewayError):

@@ -59,6 +59,7 @@ def make_settings(database_url: str, **over: Any) -> Settings:
         "admin_key": ADMIN,
         "auto_migrate": True,
         "log_json": False,
+        "token_flush_ms": 0,
         "host": "127.0.0.1",
         "port": 0,
         **over.pop("server", {}),

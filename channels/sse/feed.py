@@ -197,13 +197,18 @@ class FeedStream:
     async def _pump(self, sub: Subscription, send: Send, high_water: int) -> None:
         ping = self.rt.settings.server.sse_ping_seconds
         match = self.flt.match
+        loop = asyncio.get_running_loop()
+        # Keepalive counts from the last byte written, not the last bus message: a
+        # filtered feed on a busy gateway must still ping.
+        next_ping = loop.time() + ping
         while True:
             raw: bytes | None
             try:
-                async with asyncio.timeout(ping):
+                async with asyncio.timeout_at(next_ping):
                     raw = await sub.get()
             except TimeoutError:
                 await self._write(send, PING)
+                next_ping = loop.time() + ping
                 continue
             except SubscriptionClosed as exc:
                 if exc.overflowed:
@@ -221,6 +226,7 @@ class FeedStream:
                 raw = sub.get_nowait()
             if out:
                 await self._write(send, b"".join(out))
+                next_ping = loop.time() + ping
 
 
 class _Gone(Exception):

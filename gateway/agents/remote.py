@@ -239,6 +239,7 @@ class ProcessToolRunner:
             await link.send(
                 {
                     "event": "tool.call",
+                    "agent_id": turn.agent_id,
                     "session_id": turn.session_id,
                     "tool_call_id": call.id,
                     "name": tool.name,

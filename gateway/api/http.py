@@ -43,6 +43,7 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         raise BadRequest(
             f"expected Content-Type: application/json (got {ctype or 'none'!r})",
             code="unsupported_media_type",
+            status=415,
         ) from None
     body = await read_body(request, limit)
     try:

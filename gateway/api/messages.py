@@ -70,7 +70,8 @@ class MessageRoutes:
         if result.message.pending is False:  # paused: stored, no agent turn
             await sub_cm.__aexit__(None, None, None)
             return JSONResponse(
-                {"sessionId": session.id, "messageId": None, "text": None, "paused": True}, status_code=202
+                {"sessionId": session.id, "messageId": message_id, "text": None, "paused": True},
+                status_code=202,
             )
         if "text/event-stream" in request.headers.get("accept", ""):
             return EventSourceResponse(

@@ -132,7 +132,7 @@ async def test_sessions_list_filters_pagination_and_delete(gateway: Running) -> 
         ({"content": b"[1]", "headers": {"content-type": "application/json"}}, 400, "invalid_json"),
         (
             {"content": b"text=hi", "headers": {"content-type": "application/x-www-form-urlencoded"}},
-            400,
+            415,
             "unsupported_media_type",
         ),
         ({"json": {"text": ""}}, 400, "empty_text"),

@@ -195,3 +195,23 @@ async def test_a_stalled_client_is_cut_loose_and_others_keep_flowing(sqlite_url:
                     assert f["event"] == "bot.message" and f["json"]["text"] == "after the flood"
         finally:
             stalled.close()
+
+
+async def test_a_filtered_feed_still_pings_while_other_events_flow(sqlite_url: str) -> None:
+    async with run_gateway(make_settings(sqlite_url, server={"sse_ping_seconds": 0.3})) as g:
+        async with httpx.AsyncClient(base_url=g.url, headers=AUTH, timeout=10) as c:
+            async with c.stream("GET", "/v1/events?types=bot.message") as r:
+                feed = SseReader(r)
+                await feed.next()
+
+                async def noise() -> None:
+                    for _ in range(40):  # events this feed filters out, every 50 ms
+                        g.runtime.bus.publish(Event(type=EventType.BOT_TOKEN, agent="demo", session_id="chat-x",
+                                                    data={"messageId": "m", "text": "x"}))
+                        await asyncio.sleep(0.05)
+
+                task = asyncio.create_task(noise())
+                try:
+                    assert (await feed.next(timeout=1.5))["comments"] == ["ping"]
+                finally:
+                    task.cancel()
