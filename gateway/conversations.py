@@ -136,6 +136,7 @@ class ConversationService:
         contact: ContactRef | None = None,
         direction: str = "inbound",
         metadata: Mapping[str, Any] | None = None,
+        endpoint: str | None = None,
     ) -> SessionRecord:
         self.directory.get(agent_id)
         session, _ = await self.store.start_session(
@@ -144,6 +145,7 @@ class ConversationService:
             contact=contact,
             direction=direction,
             meta=dict(metadata or {}),
+            endpoint=endpoint,
         )
         return session
 
@@ -160,28 +162,26 @@ class ConversationService:
             session = await self.session(message.session_id)
             if not session.active:
                 raise Conflict(f"session {session.id} has ended", code="session_ended")
-        result = await self.store.ingest_message(
-            agent_id=message.agent,
-            channel=message.channel,
-            text=message.text,
-            type=message.type,
-            contact=message.contact,
-            session_id=message.session_id,
-            provider_message_id=message.provider_message_id,
-            parts=message.parts,
-            meta=dict(message.metadata),
-            extra=dict(message.extra) or None,
-            endpoint=message.endpoint,
-            turn=message.turn,
-            message_meta=dict(message.message_meta) or None,
-        )
+        result = await self.store.ingest_message(**_spec(message))
+        self._schedule(result, message.agent)
+        return result
+
+    async def receive_many(self, messages: list[InboundMessage]) -> list[Ingested]:
+        """A webhook batch: every message stored in one transaction, then their turns scheduled."""
+        for message in messages:
+            self.directory.get(message.agent)
+        results = await self.store.ingest_many([_spec(m) for m in messages])
+        for result, message in zip(results, messages, strict=True):
+            self._schedule(result, message.agent)
+        return results
+
+    def _schedule(self, result: Ingested, agent_id: str) -> None:
         if result.message is not None and result.message.pending:
             sid = result.session.id
             self.turns.submit(sid)
-            if self.directory.get(message.agent).interrupt:
+            if self.directory.get(agent_id).interrupt:
                 # The reply being streamed is dropped; the next turn answers it all together.
                 self.turns.cancel(sid)
-        return result
 
     async def set_context(self, session_id: str, key: str, value: Any) -> None:
         session = await self.session(session_id)
@@ -240,6 +240,11 @@ class ConversationService:
         delivery = self.deliveries.get(provider_of(session) or "")
         if delivery is not None:
             self._spawn(self._typing(delivery, session, pending[-1]))
+            prepare = getattr(delivery, "prepare", None)
+            if prepare is not None:
+                # e.g. transcribe voice notes: inside the turn (after the webhook's 200), and
+                # crash-safe, since the messages stay pending until the reply is stored.
+                pending = await prepare(session, pending)
         restored: list[MessageRecord] = []
         if session.contact is not None:
             # A returning contact: the agent remembers their last conversations.
@@ -433,6 +438,24 @@ class ConversationService:
                 )
             ],
         )
+
+
+def _spec(message: InboundMessage) -> dict[str, Any]:
+    return {
+        "agent_id": message.agent,
+        "channel": message.channel,
+        "text": message.text,
+        "type": message.type,
+        "contact": message.contact,
+        "session_id": message.session_id,
+        "provider_message_id": message.provider_message_id,
+        "parts": message.parts,
+        "meta": dict(message.metadata),
+        "extra": dict(message.extra) or None,
+        "endpoint": message.endpoint,
+        "turn": message.turn,
+        "message_meta": dict(message.message_meta) or None,
+    }
 
 
 _HISTORY_ROLES = frozenset({"user", "assistant", "tool"})

@@ -14,6 +14,7 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import httpx
 import uvicorn
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -25,6 +26,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from channels.chat.channel import ChatChannel
 from channels.sse.feed import FeedChannel
+from channels.whatsapp.channel import PROVIDER as WHATSAPP
+from channels.whatsapp.channel import WhatsAppChannel
 from gateway.agents.factory import AgentFactory
 from gateway.agents.remote import ProcessHub
 from gateway.api.agent_socket import AgentSocket
@@ -145,9 +148,13 @@ def create_app(
             await asyncio.gather(*workers, return_exceptions=True)
             await rt.bus.disconnect()
             await rt.agents.aclose()
+            await channel_http.aclose()
             await rt.store.close()
             log.info("gateway stopped")
 
+    channel_http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
+    whatsapp = WhatsAppChannel(rt, os.environ if env is None else env, channel_http)
+    rt.deliveries[WHATSAPP] = whatsapp
     routes: list[BaseRoute] = [Route("/v1/tokens", _preflight(rt), methods=["OPTIONS"])]
     for part in (
         TokenRoutes(rt),
@@ -156,6 +163,7 @@ def create_app(
         FeedChannel(rt),
         ChatChannel(rt),
         AgentSocket(rt, rt.agents.hub),
+        whatsapp,
         OpsRoutes(rt),
     ):
         routes.extend(part.routes())

@@ -63,6 +63,27 @@ class LimitsConfig(_Model):
     process_reply_timeout_seconds: float = Field(default=120.0, gt=0)
 
 
+class WhatsAppNumber(_Model):
+    """One WhatsApp Business number an agent answers on."""
+
+    phone_number_id: str = Field(pattern=r"^[0-9]{5,32}$")
+    access_token_env: str
+    app_secret_env: str | None = None
+    verify_token: str | None = None
+    graph_base_url: str = "https://graph.facebook.com"
+    graph_version: str = Field(default="v21.0", pattern=r"^v[0-9]+\.[0-9]+$")
+    insecure_skip_signature: bool = False  # accept unsigned webhooks for this number (dev only; logged)
+
+
+class TranscriberConfig(_Model):
+    """An OpenAI-compatible `/audio/transcriptions` endpoint for voice notes."""
+
+    base_url: str
+    model: str = "whisper-1"
+    api_key_env: str | None = None
+    timeout_seconds: float = Field(default=60.0, gt=0)
+
+
 class AgentConfig(_Model):
     answer: Literal["echo", "llm", "webhook", "process"] = "echo"
     prompt: str = ""
@@ -76,8 +97,9 @@ class AgentConfig(_Model):
     webhook: WebhookConfig | None = None
     tools: list[ToolConfig] = Field(default_factory=list)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    # Channel bindings: typed by their channel issues; kept as raw tables until then.
-    whatsapp: list[dict[str, Any]] = Field(default_factory=list)
+    whatsapp: list[WhatsAppNumber] = Field(default_factory=list)
+    transcriber: TranscriberConfig | None = None
+    # Twilio bindings: typed by the Twilio channel; kept as raw tables until then.
     twilio: list[dict[str, Any]] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -110,6 +132,7 @@ class ServerConfig(_Model):
     sse_send_timeout_seconds: float = Field(default=10.0, gt=0)
     chat_buffer_frames: int = Field(default=4096, gt=0)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
+    webhook_max_body_bytes: int = Field(default=3_145_728, gt=0)
     max_frame_bytes: int = Field(default=65_536, gt=0)
     token_ttl_seconds: int = Field(default=60, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)

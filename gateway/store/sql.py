@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, text, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway import ids
@@ -396,108 +395,144 @@ class Store:
         With `session_id` the message joins that (active) session; otherwise it joins
         the contact's active session with the agent on this channel, or starts one.
         """
+        async with self._write() as s:
+            return await self._ingest(
+                s,
+                now_ms(),
+                agent_id=agent_id,
+                channel=channel,
+                text=text,
+                type=type,
+                contact=contact,
+                session_id=session_id,
+                provider_message_id=provider_message_id,
+                parts=parts,
+                meta=meta,
+                extra=extra,
+                endpoint=endpoint,
+                turn=turn,
+                message_meta=message_meta,
+            )
+
+    async def ingest_many(self, specs: Sequence[dict[str, Any]]) -> list[Ingested]:
+        """Several inbound messages (a webhook batch) in ONE transaction: all stored, or none.
+
+        Each spec holds `ingest_message`'s keyword arguments.
+        """
         now = now_ms()
         async with self._write() as s:
-            if provider_message_id is not None:
-                dup = await s.scalar(
-                    select(MessageRow.session_id).where(
-                        MessageRow.channel == str(channel),
-                        MessageRow.provider_message_id == provider_message_id,
-                    )
+            return [await self._ingest(s, now + i, **spec) for i, spec in enumerate(specs)]
+
+    async def _ingest(
+        self,
+        s: AsyncSession,
+        now: int,
+        *,
+        agent_id: str,
+        channel: Channel,
+        text: str,
+        type: str = "text",
+        contact: ContactRef | None = None,
+        session_id: str | None = None,
+        provider_message_id: str | None = None,
+        parts: Sequence[Any] = (),
+        meta: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+        endpoint: str | None = None,
+        turn: bool = True,
+        message_meta: dict[str, Any] | None = None,
+    ) -> Ingested:
+        if provider_message_id is not None:
+            dup = await s.scalar(
+                select(MessageRow.session_id).where(
+                    MessageRow.channel == str(channel),
+                    MessageRow.provider_message_id == provider_message_id,
                 )
-                if dup is not None:
-                    srow = await s.get_one(SessionRow, dup)
-                    return Ingested(
-                        session=_session(srow, await _contact_of(s, srow)), message=None, duplicate=True
-                    )
-            crow = await self._contact(s, contact) if contact else None
-            events: list[Event] = []
-            started = False
-            srow_opt: SessionRow | None = None
-            if session_id is not None:
-                srow_opt = await s.get(SessionRow, session_id)
-                if crow is None and srow_opt is not None:
-                    crow = await _contact_of(s, srow_opt)
-            elif crow is not None:
-                srow_opt = await s.scalar(
-                    select(SessionRow)
-                    .where(
-                        SessionRow.agent_id == agent_id,
-                        SessionRow.contact_id == crow.id,
-                        SessionRow.channel == str(channel),
-                        SessionRow.status == SessionStatus.ACTIVE,
-                    )
-                    .order_by(SessionRow.started_at.desc())
-                    .limit(1)
-                )
-            if srow_opt is None or srow_opt.status != SessionStatus.ACTIVE:
-                srow, ev = await self._new_session(
-                    s,
-                    agent_id=agent_id,
-                    channel=channel,
-                    contact=crow,
-                    direction="inbound",
-                    meta=meta or {},
-                    session_id=None,
-                    now=now,
-                    endpoint=endpoint,
-                )
-                events.append(ev)
-                started = True
-            else:
-                srow = srow_opt
-            agent = await s.get(AgentRow, agent_id)
-            paused = (
-                srow.paused or bool(agent and agent.paused) or bool(crow and agent_id in crow.paused_agents)
             )
-            mrow = MessageRow(
-                id=ids.message_id(),
+            if dup is not None:
+                srow = await s.get_one(SessionRow, dup)
+                return Ingested(
+                    session=_session(srow, await _contact_of(s, srow)), message=None, duplicate=True
+                )
+        crow = await self._contact(s, contact) if contact else None
+        events: list[Event] = []
+        started = False
+        srow_opt: SessionRow | None = None
+        if session_id is not None:
+            srow_opt = await s.get(SessionRow, session_id)
+            if crow is None and srow_opt is not None:
+                crow = await _contact_of(s, srow_opt)
+        elif crow is not None:
+            srow_opt = await s.scalar(
+                select(SessionRow)
+                .where(
+                    SessionRow.agent_id == agent_id,
+                    SessionRow.contact_id == crow.id,
+                    SessionRow.channel == str(channel),
+                    SessionRow.status == SessionStatus.ACTIVE,
+                )
+                .order_by(SessionRow.started_at.desc())
+                .limit(1)
+            )
+        if srow_opt is None or srow_opt.status != SessionStatus.ACTIVE:
+            srow, ev = await self._new_session(
+                s,
+                agent_id=agent_id,
+                channel=channel,
+                contact=crow,
+                direction="inbound",
+                meta=meta or {},
+                session_id=None,
+                now=now,
+                endpoint=endpoint,
+            )
+            events.append(ev)
+            started = True
+        else:
+            srow = srow_opt
+        agent = await s.get(AgentRow, agent_id)
+        paused = srow.paused or bool(agent and agent.paused) or bool(crow and agent_id in crow.paused_agents)
+        mrow = MessageRow(
+            id=ids.message_id(),
+            session_id=srow.id,
+            channel=str(channel),
+            role="user",
+            source="user",
+            type=type,
+            text=text,
+            parts=list(parts),
+            provider_message_id=provider_message_id,
+            status=None,
+            error=None,
+            in_reply_to=None,
+            pending=turn and not paused,
+            author=None,
+            meta=message_meta,
+            created_at=now,
+        )
+        s.add(mrow)
+        srow.last_message_at = now
+        srow.last_inbound_at = now
+        if endpoint and srow.endpoint is None:
+            srow.endpoint = endpoint
+        await s.flush()  # a concurrent duplicate (another process) fails the whole transaction
+        data: dict[str, Any] = {"messageId": mrow.id, "text": text, "type": type, "paused": paused}
+        if parts:
+            data["media"] = list(parts)
+        if extra:
+            data.update(extra)
+        events.append(
+            Event(
+                type=EventType.USER_MESSAGE,
+                agent=agent_id,
                 session_id=srow.id,
                 channel=str(channel),
-                role="user",
-                source="user",
-                type=type,
-                text=text,
-                parts=list(parts),
-                provider_message_id=provider_message_id,
-                status=None,
-                error=None,
-                in_reply_to=None,
-                pending=turn and not paused,
-                author=None,
-                meta=message_meta,
-                created_at=now,
+                ts=now,
+                data=data,
             )
-            s.add(mrow)
-            srow.last_message_at = now
-            srow.last_inbound_at = now
-            if endpoint and srow.endpoint is None:
-                srow.endpoint = endpoint
-            try:
-                await s.flush()
-            except IntegrityError:
-                # A concurrent delivery of the same provider id won the race (other process).
-                await s.rollback()
-                raise
-            data: dict[str, Any] = {"messageId": mrow.id, "text": text, "type": type, "paused": paused}
-            if parts:
-                data["media"] = list(parts)
-            if extra:
-                data.update(extra)
-            events.append(
-                Event(
-                    type=EventType.USER_MESSAGE,
-                    agent=agent_id,
-                    session_id=srow.id,
-                    channel=str(channel),
-                    ts=now,
-                    data=data,
-                )
-            )
-            events = await self._append(s, events)
-            return Ingested(
-                session=_session(srow, crow), message=_message(mrow), events=events, started=started
-            )
+        )
+        events = await self._append(s, events)
+        return Ingested(session=_session(srow, crow), message=_message(mrow), events=events, started=started)
 
     async def session(self, session_id: str) -> SessionRecord | None:
         async with self._read() as s:
@@ -754,6 +789,13 @@ class Store:
             row.meta = meta
             await self._append(s, events)
             return row.id
+
+    async def update_message(self, message_id: str, *, text: str, meta: dict[str, Any] | None = None) -> None:
+        async with self._write() as s:
+            row = await s.get_one(MessageRow, message_id)
+            row.text = text
+            if meta:
+                row.meta = {**(row.meta or {}), **meta}
 
     async def rekey_contact(self, *, channel: str, old: str, new: str) -> bool:
         """A user changed number: the contact keeps its history under the new address."""

@@ -1,0 +1,439 @@
+"""The WhatsApp Cloud API channel: webhook in, replies out through the outbox.
+
+Inbound: verify the raw bytes (X-Hub-Signature-256 against every configured app
+secret; the matching secret must own the numbers in the payload), parse once,
+route by `metadata.phone_number_id` (dev routes by sender first), store every
+message of the delivery in ONE transaction, then answer 200; the agent runs after.
+Statuses move each sent part forward (never back) and a 131047 closes the window.
+
+Outbound: this class is the `Delivery` of provider `whatsapp`: it renders a reply
+into text parts (markdown → WhatsApp, split under 4096 characters, the first part
+threaded to the user's message), and sends each part for the outbox, marking the
+user's message read with a typing indicator when a turn starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from channels.whatsapp.client import GraphClient, template_payload, text_payload
+from channels.whatsapp.errors import GraphError, WindowClosed
+from channels.whatsapp.parse import parse_webhook
+from channels.whatsapp.payloads import Change, WaMessage, WaStatus
+from channels.whatsapp.render import split_message, to_whatsapp_markdown
+from channels.whatsapp.signature import verify_signature, verify_token_matches
+from channels.whatsapp.transcribe import OpenAITranscriber, TranscriptionError
+from gateway import ids
+from gateway.api.http import opt_str, read_body, read_json
+from gateway.delivery import SendFailed
+from gateway.errors import BadRequest, Conflict, NotFound, Unauthorized
+from gateway.events import ContactRef, Event, InboundMessage, now_ms
+from gateway.limits import WINDOW_MS
+from gateway.runtime import Runtime
+from gateway.settings import WhatsAppNumber
+from gateway.store.outbox import OutboxPart
+from gateway.store.records import MessageRecord, OutboxItem, SessionRecord
+from gateway.store.sql import NewMessage
+from gateway.types import Channel, EventType
+
+log = logging.getLogger("gateway.whatsapp")
+
+PROVIDER = "whatsapp"
+UNROUTABLE = "_unroutable"
+VOICE_NOTE = "[voice note]"
+
+
+@dataclass(frozen=True, slots=True)
+class Number:
+    agent_id: str
+    config: WhatsAppNumber
+    graph: GraphClient
+    secret: str | None
+
+
+class WhatsAppChannel:
+    def __init__(self, runtime: Runtime, env: Mapping[str, str], http: httpx.AsyncClient) -> None:
+        self.rt = runtime
+        self.http = http
+        self.numbers: dict[str, Number] = {}
+        self.transcribers: dict[str, OpenAITranscriber] = {}
+        for agent_id in runtime.directory.ids():
+            agent = runtime.directory.get(agent_id)
+            for cfg in agent.whatsapp:
+                token = env.get(cfg.access_token_env, "")
+                secret = env.get(cfg.app_secret_env) if cfg.app_secret_env else None
+                if not token:
+                    log.warning(
+                        "whatsapp %s: %s is not set; sends will fail",
+                        cfg.phone_number_id,
+                        cfg.access_token_env,
+                    )
+                if not secret and not cfg.insecure_skip_signature:
+                    log.warning(
+                        "whatsapp %s: no app secret: its webhooks will be refused", cfg.phone_number_id
+                    )
+                if cfg.insecure_skip_signature:
+                    log.warning(
+                        "whatsapp %s: INSECURE: unsigned webhooks are accepted for this number",
+                        cfg.phone_number_id,
+                    )
+                graph = GraphClient(http, base_url=cfg.graph_base_url, version=cfg.graph_version, token=token)
+                self.numbers[cfg.phone_number_id] = Number(agent_id, cfg, graph, secret)
+            if agent.transcriber is not None:
+                t = agent.transcriber
+                key = env.get(t.api_key_env, "") if t.api_key_env else ""
+                self.transcribers[agent_id] = OpenAITranscriber(
+                    http, t.base_url, t.model, key, timeout=t.timeout_seconds
+                )
+        self.secrets = sorted({n.secret for n in self.numbers.values() if n.secret})
+        self.verify_tokens = [n.config.verify_token for n in self.numbers.values() if n.config.verify_token]
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/whatsapp/webhook", self.handshake, methods=["GET"]),
+            Route("/whatsapp/webhook", self.webhook, methods=["POST"]),
+            Route("/v1/sessions/{session_id}/template", self.send_template, methods=["POST"]),
+            Route("/v1/agents/{agent}/whatsapp/messages", self.start_conversation, methods=["POST"]),
+        ]
+
+    # ------------------------------------------------------------ inbound
+
+    async def handshake(self, request: Request) -> Response:
+        q = request.query_params
+        if q.get("hub.mode") == "subscribe" and verify_token_matches(
+            q.get("hub.verify_token"), self.verify_tokens
+        ):
+            return PlainTextResponse(q.get("hub.challenge", ""))
+        return PlainTextResponse("verify token mismatch", status_code=403)
+
+    async def webhook(self, request: Request) -> Response:
+        raw = await read_body(request, self.rt.settings.server.webhook_max_body_bytes)
+        secret = verify_signature(raw, request.headers.get("x-hub-signature-256"), self.secrets)
+        batch = parse_webhook(raw) if secret is not None or self._any_insecure() else None
+        if batch is None:
+            raise Unauthorized("invalid or missing X-Hub-Signature-256", code="invalid_signature")
+        pnids = {c.phone_number_id for c in batch.objects if c.phone_number_id}
+        owned = [self.numbers[p] for p in pnids if p in self.numbers]
+        if secret is None:
+            if not owned or not all(n.config.insecure_skip_signature for n in owned):
+                raise Unauthorized("invalid or missing X-Hub-Signature-256", code="invalid_signature")
+            log.warning("INSECURE: accepted an unsigned WhatsApp webhook for %s", ",".join(sorted(pnids)))
+        elif any(n.secret != secret for n in owned):
+            raise Unauthorized(
+                "the signing app does not own every phone_number_id in this delivery",
+                code="invalid_signature",
+            )
+        for problem in batch.problems:
+            log.warning("whatsapp webhook: %s", problem)
+        inbound, extras = self._inbound(batch.objects)
+        if inbound:
+            await self.rt.service.receive_many(inbound)
+        for change, status in batch.statuses():
+            await self._status(change, status)
+        for job in extras:
+            await job()
+        return JSONResponse({"ok": True})
+
+    def _any_insecure(self) -> bool:
+        return any(n.config.insecure_skip_signature for n in self.numbers.values())
+
+    def _route(self, pnid: str, sender: str) -> str:
+        number = self.numbers[pnid]
+        agent = self.rt.directory.get(number.agent_id)
+        target = agent.dev_routes.get(sender) or agent.dev_routes.get("+" + sender)
+        return target if target and target in self.rt.directory else number.agent_id
+
+    def _inbound(self, changes: tuple[Change, ...]) -> tuple[list[InboundMessage], list[Any]]:
+        """The messages to store (one transaction) and the follow-ups (reactions, edits, …)."""
+        out: list[InboundMessage] = []
+        extras: list[Any] = []
+        for change in changes:
+            pnid = change.phone_number_id
+            for m in change.messages:
+                if pnid is None or pnid not in self.numbers:
+                    extras.append(self._unroutable(pnid, m))
+                    continue
+                agent = self._route(pnid, m.from_)
+                endpoint = f"{PROVIDER}:{pnid}"
+                kind = m.protocol_type
+                turn = kind != "reaction" and m.system is None and m.revoke is None and m.edit is None
+                if m.reaction is not None:
+                    extras.append(
+                        self._annotate(
+                            m.reaction.wamid,
+                            "reaction",
+                            {"emoji": m.reaction.emoji, "from": m.sender_key, "at": m.timestamp},
+                        )
+                    )
+                if m.edit is not None:
+                    extras.append(
+                        self._annotate(m.edit.original_wamid, "edit", {"text": m.text, "wamid": m.wamid})
+                    )
+                if m.revoke is not None:
+                    extras.append(self._annotate(m.revoke.original_wamid, "revoked", {"wamid": m.wamid}))
+                if m.system is not None and m.system.new_wa_id:
+                    extras.append(self._rekey(m.from_, m.system.new_wa_id))
+                out.append(
+                    InboundMessage(
+                        agent=agent,
+                        channel=Channel.WHATSAPP,
+                        contact=m.contact(),
+                        text=m.text,
+                        type=kind,
+                        provider_message_id=m.wamid,
+                        parts=tuple(m.parts),
+                        endpoint=endpoint,
+                        turn=turn,
+                        extra=_extra(m),
+                        message_meta={
+                            "whatsappType": m.type,
+                            **({"replyTo": m.context_wamid} if m.context_wamid else {}),
+                        },
+                    )
+                )
+        return out, extras
+
+    def _unroutable(self, pnid: str | None, m: WaMessage) -> Any:
+        async def record() -> None:
+            log.warning(
+                "whatsapp message %s for unconfigured number %s: acknowledged, not routed", m.wamid, pnid
+            )
+            await self.rt.store.append_events(
+                [
+                    Event(
+                        type="webhook.unroutable",
+                        agent=UNROUTABLE,
+                        channel=str(Channel.WHATSAPP),
+                        data={"phoneNumberId": pnid, "providerMessageId": m.wamid, "from": m.from_},
+                    )
+                ]
+            )
+
+        return record
+
+    def _annotate(self, wamid: str, key: str, value: dict[str, Any]) -> Any:
+        async def annotate() -> None:
+            await self.rt.store.annotate_message(
+                channel=str(Channel.WHATSAPP), provider_message_id=wamid, key=key, value=value
+            )
+
+        return annotate
+
+    def _rekey(self, old: str, new: str) -> Any:
+        async def rekey() -> None:
+            if await self.rt.store.rekey_contact(channel=str(Channel.WHATSAPP), old=old, new=new):
+                log.info("whatsapp contact %s changed number to %s", old, new)
+
+        return rekey
+
+    async def _status(self, change: Change, status: WaStatus) -> None:
+        error = None
+        if status.error is not None:
+            e = status.error
+            error = {"code": e.code, "title": e.title, "message": e.message, "details": e.details}
+        state = "failed" if status.status == "failed" else status.status
+        events = await self.rt.store.outbox.delivery_status(
+            channel=str(Channel.WHATSAPP),
+            provider_message_id=status.wamid,
+            status=state,
+            error=error,
+            idempotency_key=status.biz_opaque_callback_data,
+        )
+        if state == "failed" and error and error.get("code") == 131047 and events:
+            sid = events[0].session_id
+            if sid:
+                await self.rt.store.outbox.close_window(sid)
+
+    # ----------------------------------------------------------- delivery
+
+    def _number_of(self, session: SessionRecord | OutboxItem) -> Number:
+        endpoint = session.endpoint or ""
+        pnid = endpoint.split(":", 1)[1] if ":" in endpoint else ""
+        number = self.numbers.get(pnid)
+        if number is None:
+            raise SendFailed("unknown_number", f"no WhatsApp number {pnid!r} is configured", retryable=False)
+        return number
+
+    def render(
+        self, session: SessionRecord, text: str, reply_to: MessageRecord | None
+    ) -> list[dict[str, Any]]:
+        to = session.contact.address if session.contact else ""
+        parts = split_message(to_whatsapp_markdown(text), 4096)
+        wamid = reply_to.provider_message_id if reply_to is not None else None
+        return [text_payload(to, part, reply_to=wamid if i == 0 else None) for i, part in enumerate(parts)]
+
+    async def send(self, item: OutboxItem) -> str:
+        number = self._number_of(item)
+        # The key comes back on every status webhook: after a crash it proves a part went out.
+        payload = {**item.payload, "biz_opaque_callback_data": item.idempotency_key}
+        try:
+            return await number.graph.send(number.config.phone_number_id, payload)
+        except GraphError as exc:
+            raise SendFailed(
+                str(exc.code or exc.status or "network"),
+                exc.message,
+                retryable=exc.retryable,
+                retry_after=exc.retry_after,
+                details={"title": exc.title, "details": exc.details} if exc.details else None,
+                closes_window=isinstance(exc, WindowClosed),
+            ) from None
+
+    async def typing(self, session: SessionRecord, message: MessageRecord) -> None:
+        if message.provider_message_id:
+            number = self._number_of(session)
+            await number.graph.mark_read(
+                number.config.phone_number_id, message.provider_message_id, typing=True
+            )
+
+    def window_open(self, session: SessionRecord, now_ms: int) -> bool:
+        last = session.last_inbound_at
+        if last is None or now_ms - last >= WINDOW_MS:
+            return False
+        return session.window_closed_at is None or session.window_closed_at < last
+
+    async def prepare(self, session: SessionRecord, pending: list[MessageRecord]) -> list[MessageRecord]:
+        """Transcribe voice notes before the agent reads them (`[voice note]` without a transcriber)."""
+        transcriber = self.transcribers.get(session.agent_id)
+        out = []
+        for m in pending:
+            media = next((p for p in m.parts if isinstance(p, dict) and p.get("kind") == "audio"), None)
+            if transcriber is None or media is None or m.text != VOICE_NOTE or not media.get("id"):
+                out.append(m)
+                continue
+            try:
+                number = self._number_of(session)
+                audio, mime = await number.graph.download_media(
+                    str(media["id"]), number.config.phone_number_id, max_bytes=16 * 1024 * 1024
+                )
+                text = await transcriber.transcribe(
+                    audio, mime or str(media.get("mime_type") or "audio/ogg"), "voice.ogg"
+                )
+            except (GraphError, TranscriptionError, SendFailed) as exc:
+                log.warning("voice note %s not transcribed: %s", m.id, exc, extra={"session_id": session.id})
+                out.append(m)
+                continue
+            new_text = f"[voice note] {text.strip()}"
+            await self.rt.store.update_message(m.id, text=new_text, meta={"transcribed": True})
+            out.append(MessageRecord(**{**_fields(m), "text": new_text}))
+        return out
+
+    # ---------------------------------------------------------- templates
+
+    async def send_template(self, request: Request) -> JSONResponse:
+        principal = await self.rt.auth.api_key(request.headers)
+        session = await self.rt.store.session(request.path_params["session_id"])
+        if session is None or not principal.can_see(session.agent_id):
+            raise NotFound("no such session", code="unknown_session")
+        if session.channel != str(Channel.WHATSAPP) or not (session.endpoint or "").startswith(
+            PROVIDER + ":"
+        ):
+            raise Conflict("templates are sent on WhatsApp Cloud API sessions only", code="not_whatsapp")
+        if not session.active:
+            raise Conflict(f"session {session.id} has ended", code="session_ended")
+        body = await read_json(request, 65_536)
+        message_id = await self._queue_template(session, body)
+        return JSONResponse(
+            {"sessionId": session.id, "messageId": message_id, "status": "queued"}, status_code=202
+        )
+
+    async def start_conversation(self, request: Request) -> JSONResponse:
+        agent_id = request.path_params["agent"]
+        principal = await self.rt.auth.api_key(request.headers)
+        agent = self.rt.directory.get(agent_id)
+        principal.check(agent_id)
+        body = await read_json(request, 65_536)
+        to = opt_str(body, "to", max_len=140)
+        if not to:
+            raise BadRequest("`to` (the contact's WhatsApp number or user id) is required", code="missing_to")
+        to = to.lstrip("+")
+        pnid = opt_str(body, "phoneNumberId", max_len=32) or (
+            agent.whatsapp[0].phone_number_id if agent.whatsapp else None
+        )
+        if pnid is None or pnid not in self.numbers or self.numbers[pnid].agent_id != agent_id:
+            raise BadRequest(f"agent {agent_id!r} has no WhatsApp number {pnid!r}", code="unknown_number")
+        if "template" not in body:
+            raise BadRequest(
+                "a conversation is started with a `template` {name, language, components?}",
+                code="template_required",
+            )
+        session = await self.rt.service.start_session(
+            agent_id=agent_id,
+            channel=Channel.WHATSAPP,
+            contact=ContactRef(channel=Channel.WHATSAPP, address=to),
+            direction="outbound",
+            metadata=body.get("metadata") if isinstance(body.get("metadata"), dict) else None,
+            endpoint=f"{PROVIDER}:{pnid}",
+        )
+        message_id = await self._queue_template(
+            session, body["template"] if isinstance(body["template"], dict) else {}
+        )
+        return JSONResponse(
+            {"sessionId": session.id, "messageId": message_id, "status": "queued"}, status_code=202
+        )
+
+    async def _queue_template(self, session: SessionRecord, spec: dict[str, Any]) -> str:
+        name = spec.get("name")
+        language = spec.get("language", "en_US")
+        components = spec.get("components") or []
+        if isinstance(language, dict):
+            language = language.get("code")
+        if not isinstance(name, str) or not name or len(name) > 512:
+            raise BadRequest("`name` of the template is required", code="invalid_template")
+        if not isinstance(language, str) or not language or not isinstance(components, list):
+            raise BadRequest(
+                "`language` must be a code like en_US and `components` a list", code="invalid_template"
+            )
+        to = session.contact.address if session.contact else ""
+        payload = template_payload(to, name, language, components)
+        message = NewMessage(
+            id=ids.message_id(),
+            role="assistant",
+            text=f"[template: {name}]",
+            parts=[{"kind": "template", "name": name, "language": language, "components": components}],
+        )
+        await self.rt.store.record_reply(
+            session_id=session.id,
+            answered=[],
+            messages=[message],
+            outbox=[OutboxPart(payload=payload, part=0, parts=1)],
+            events=[
+                Event(
+                    type=EventType.BOT_MESSAGE,
+                    agent=session.agent_id,
+                    session_id=session.id,
+                    channel=session.channel,
+                    ts=now_ms(),
+                    data={"messageId": message.id, "text": message.text, "source": "agent", "template": name},
+                )
+            ],
+        )
+        self.rt.outbox.wake()
+        return message.id
+
+
+def _extra(m: WaMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "providerMessageId": m.wamid,
+        "contact": {"id": m.sender_key, "name": m.contact_name},
+    }
+    if m.type != m.protocol_type:
+        out["whatsappType"] = m.type
+    if m.context_wamid:
+        out["replyTo"] = m.context_wamid
+    if m.reaction is not None:
+        out["reaction"] = {"messageId": m.reaction.wamid, "emoji": m.reaction.emoji}
+    if m.system is not None:
+        out["system"] = {"type": m.system.type, "newWaId": m.system.new_wa_id}
+    return out
+
+
+def _fields(m: MessageRecord) -> dict[str, Any]:
+    return {f: getattr(m, f) for f in MessageRecord.__dataclass_fields__}
