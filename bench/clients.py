@@ -262,3 +262,135 @@ class SseClient(asyncio.Protocol):
         if pos:
             del raw[:pos]
         return b"".join(out)
+
+
+# ------------------------------------------------------------ HTTP/1.1 keep-alive
+
+# on_body(piece, t_perf) for each piece of (de-chunked) response body as it arrives
+OnBody = Callable[[bytes, float], None]
+
+
+class HttpConn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection, one request at a time.
+
+    `request(raw)` writes a complete request and returns a future of
+    `(status, body)`; the body (Content-Length or chunked) is also handed to
+    `on_body` piece by piece with its arrival time, for streamed responses.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.loop = asyncio.get_running_loop()
+        self.fut: asyncio.Future[tuple[int, bytes]] | None = None
+        self.on_body: OnBody | None = None
+        self._reset()
+        self.lost: BaseException | None = None
+
+    def _reset(self) -> None:
+        self.status = 0
+        self.in_body = False
+        self.chunked = False
+        self.left = 0  # bytes left of the body (Content-Length) or of the current chunk
+        self.need_crlf = False
+        self.body: list[bytes] = []
+
+    @classmethod
+    async def connect(cls, port: int) -> HttpConn:
+        _, proto = await asyncio.get_running_loop().create_connection(cls, HOST, port)
+        return proto
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc or ConnectionError("connection closed")
+        if self.fut is not None and not self.fut.done():
+            self.fut.set_exception(ConnectionError(f"connection lost mid-response: {exc}"))
+
+    def request(self, raw: bytes, on_body: OnBody | None = None) -> asyncio.Future[tuple[int, bytes]]:
+        assert self.transport is not None and (self.fut is None or self.fut.done())
+        if self.lost is not None:
+            raise ConnectionError(f"connection is closed: {self.lost}")
+        self._reset()
+        self.on_body = on_body
+        self.fut = self.loop.create_future()
+        self.transport.write(raw)
+        return self.fut
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        t_perf = time.perf_counter()
+        buf = self.buf
+        buf += data
+        if not self.in_body:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buf[:end]).lower()
+            del buf[: end + 4]
+            self.status = int(head[9:12])
+            self.in_body = True
+            if b"transfer-encoding: chunked" in head:
+                self.chunked = True
+            else:
+                i = head.find(b"content-length:")
+                self.left = int(head[i + 15 :].split(b"\r\n", 1)[0]) if i >= 0 else 0
+        if self.chunked:
+            self._dechunk(t_perf)
+        else:
+            take = min(self.left, len(buf))
+            if take:
+                self._piece(bytes(buf[:take]), t_perf)
+                del buf[:take]
+                self.left -= take
+            if not self.left:
+                self._finish()
+
+    def _piece(self, piece: bytes, t_perf: float) -> None:
+        self.body.append(piece)
+        if self.on_body is not None:
+            self.on_body(piece, t_perf)
+
+    def _finish(self) -> None:
+        self.in_body = False
+        if self.fut is not None and not self.fut.done():
+            self.fut.set_result((self.status, b"".join(self.body)))
+
+    def _dechunk(self, t_perf: float) -> None:
+        raw, pos, out = self.buf, 0, []
+        while True:
+            if self.left:
+                take = min(self.left, len(raw) - pos)
+                out.append(bytes(raw[pos : pos + take]))
+                pos += take
+                self.left -= take
+                if self.left:
+                    break
+                self.need_crlf = True
+            if self.need_crlf:
+                if len(raw) - pos < 2:
+                    break
+                pos += 2
+                self.need_crlf = False
+            nl = raw.find(b"\r\n", pos)
+            if nl < 0:
+                break
+            size = int(bytes(raw[pos:nl]).split(b";")[0], 16)
+            if size == 0:
+                if len(raw) - (nl + 2) < 2:  # the blank line after the last chunk: not yet
+                    break
+                del raw[: nl + 4]
+                if out:
+                    self._piece(b"".join(out), t_perf)
+                self._finish()
+                return
+            pos = nl + 2
+            self.left = size
+        if pos:
+            del raw[:pos]
+        if out:
+            self._piece(b"".join(out), t_perf)

@@ -18,6 +18,15 @@ from typing import Any
 
 ADMIN_KEY = "sk_bench_admin_key"
 HOST = "127.0.0.1"
+# WhatsApp number of the gateway's `wa` agent (bench.serve_gateway --graph-url) and its secrets,
+# handed to the server process as environment variables.
+WA_PNID = "106540352242922"
+WA_TOKEN = "bench-graph-token"
+WA_APP_SECRET = "bench-app-secret"
+WA_ENV = {"WA_TOKEN": WA_TOKEN, "WA_APP_SECRET": WA_APP_SECRET}
+SERVER_KINDS = ("gateway", "bare", "fake_llm", "fake_graph")
+# Every server process still running (not reaped): its CPU counts as ours in LoadMonitor.
+LIVE_PIDS: set[int] = set()
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -79,23 +88,42 @@ def cpu_seconds(pid: int) -> float:
 
 
 class ServerProc:
-    """A server in its own process: `python -m bench.serve_gateway|serve_bare --port N`."""
+    """A server in its own process: `python -m bench.serve_<kind> --port N [args…]`.
 
-    def __init__(self, kind: str, *, log_dir: Path) -> None:
-        assert kind in ("gateway", "bare")
+    kind: gateway, bare (both get a fresh SQLite file as `--db`), fake_llm, fake_graph.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        log_dir: Path,
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        assert kind in SERVER_KINDS, kind
         self.kind = kind
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.ws_url = f"ws://{HOST}:{self.port}"
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.background_cores = float("nan")
-        args = [sys.executable, "-m", f"bench.serve_{kind}", "--port", str(self.port)]
-        if kind == "gateway":
-            self._tmp = tempfile.TemporaryDirectory(prefix="bench-gw-")
-            args += ["--db", str(Path(self._tmp.name) / "gateway.db")]
+        argv = [sys.executable, "-m", f"bench.serve_{kind}", "--port", str(self.port), *args]
+        self.db_path: Path | None = None
+        if kind in ("gateway", "bare"):
+            self._tmp = tempfile.TemporaryDirectory(prefix=f"bench-{kind}-")
+            self.db_path = Path(self._tmp.name) / f"{kind}.db"
+            argv += ["--db", str(self.db_path)]
         self.log_path = log_dir / f"{kind}-{self.port}.log"
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=None if env is None else {**os.environ, **env},
+        )
+        LIVE_PIDS.add(self.proc.pid)
 
     @property
     def pid(self) -> int:
@@ -167,6 +195,8 @@ class ServerProc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        self.proc.wait()
+        LIVE_PIDS.discard(self.proc.pid)
         self._log.close()
         if self._tmp is not None:
             self._tmp.cleanup()
@@ -181,9 +211,19 @@ def _system_busy_seconds() -> float:
 
 
 def _own_seconds() -> float:
-    """CPU time of this process plus its reaped children (servers, client processes)."""
+    """CPU time of this process, its reaped children and its live server processes.
+
+    A child's time moves from the live term to RUSAGE_CHILDREN when it is reaped
+    (`ServerProc.stop` waits, then forgets the pid), so it is counted once at any
+    instant, and servers nested in one another's measurement (a fake upstream next
+    to the gateway) are not taken for background load.
+    """
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    live = 0.0
+    for pid in tuple(LIVE_PIDS):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            live += cpu_seconds(pid)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime + live
 
 
 class LoadMonitor:
@@ -231,12 +271,14 @@ async def wait_for_quiet() -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(kind: str, log_dir: Path):  # type: ignore[no-untyped-def]
+async def running(  # type: ignore[no-untyped-def]
+    kind: str, log_dir: Path, *, args: Sequence[str] = (), env: dict[str, str] | None = None
+):
     """A server process for the duration; afterwards `server.background_cores` is set."""
     await wait_for_quiet()
     monitor = LoadMonitor()
     monitor.start()
-    server = ServerProc(kind, log_dir=log_dir)
+    server = ServerProc(kind, log_dir=log_dir, args=args, env=env)
     try:
         await server.wait_ready()
         server.start_profile()
@@ -246,7 +288,9 @@ async def running(kind: str, log_dir: Path):  # type: ignore[no-untyped-def]
         server.background_cores = monitor.stop()
 
 
-async def mint_tokens(url: str, count: int, *, channel: str = "chat", concurrency: int = 16) -> list[str]:
+async def mint_tokens(
+    url: str, count: int, *, channel: str = "chat", agent: str = "demo", concurrency: int = 16
+) -> list[str]:
     """Single-use browser tokens from POST /v1/tokens with the admin key."""
     import httpx
 
@@ -258,7 +302,7 @@ async def mint_tokens(url: str, count: int, *, channel: str = "chat", concurrenc
 
         async def one() -> str:
             async with sem:
-                r = await client.post("/v1/tokens", json={"agent": "demo", "channel": channel})
+                r = await client.post("/v1/tokens", json={"agent": agent, "channel": channel})
                 r.raise_for_status()
                 return str(r.json()["token"])
 

@@ -111,7 +111,8 @@ def _link(label: str, url: str, keep: Callable[[str], str]) -> str:
 
 _PARAGRAPH = re.compile(r"\n[ \t]*\n")
 _NEWLINE = re.compile(r"\n")
-_SENTENCE_END = re.compile(r"[.!?…。！？]+[\"'”’)\]]*(?=\s)")
+# "end. Next" needs the space; CJK full stops (U+3002, U+FF01, U+FF1F) end a sentence without one.
+_SENTENCE_END = re.compile(r"[.!?…]+[\"'\u201d\u2019)\]]*(?=\s)|[\u3002\uff01\uff1f]+[\u300d\u300f\uff09]*")
 _SPACE = re.compile(r"\s")
 _GLUE = {"\u200d", "\ufe0e", "\ufe0f"}  # ZWJ, variation selectors: never start a part with them
 

@@ -206,8 +206,14 @@ async def test_a_filtered_feed_still_pings_while_other_events_flow(sqlite_url: s
 
                 async def noise() -> None:
                     for _ in range(40):  # events this feed filters out, every 50 ms
-                        g.runtime.bus.publish(Event(type=EventType.BOT_TOKEN, agent="demo", session_id="chat-x",
-                                                    data={"messageId": "m", "text": "x"}))
+                        g.runtime.bus.publish(
+                            Event(
+                                type=EventType.BOT_TOKEN,
+                                agent="demo",
+                                session_id="chat-x",
+                                data={"messageId": "m", "text": "x"},
+                            )
+                        )
                         await asyncio.sleep(0.05)
 
                 task = asyncio.create_task(noise())

@@ -143,3 +143,37 @@ async def test_session_listing_keyset_pagination(store: Store) -> None:
     assert len(seen) == 7 and len(set(seen)) == 7
     only = await store.sessions(SessionQuery(contact="34600000003"))
     assert len(only) == 1 and only[0].contact is not None and only[0].contact.name == "Alice"
+
+
+async def test_outbox_part_caught_mid_send_is_settled_by_its_receipt_or_failed_never_resent(
+    store: Store,
+) -> None:
+    from gateway.store.outbox import OutboxPart
+
+    got = await store.ingest_message(
+        agent_id="support", channel=Channel.WHATSAPP, text="q", contact=alice(), endpoint="whatsapp:1"
+    )
+    sid = got.session.id
+    for n in (1, 2):
+        await store.record_reply(
+            session_id=sid,
+            answered=[],
+            messages=[NewMessage(id=f"msg_r{n}", role="assistant", text="a")],
+            events=[],
+            outbox=[OutboxPart(payload={"n": n}, part=0, parts=1)],
+        )
+    claimed = await store.outbox.claim_due()
+    assert [c.message_id for c in claimed] == ["msg_r1"]  # one part per session at a time, in order
+    assert await store.outbox.recover_in_flight(grace_ms=0) == 1  # the process "died" mid-call
+    assert await store.outbox.claim_due() == []  # an uncertain part blocks its session; it is not resent
+    events = await store.outbox.delivery_status(
+        channel="whatsapp", provider_message_id="wamid.X", status="sent", idempotency_key="msg_r1:0"
+    )
+    assert [e.data["status"] for e in events] == ["sent"]  # the receipt proves it went out
+    nxt = await store.outbox.claim_due()
+    assert [c.message_id for c in nxt] == ["msg_r2"]
+    await store.outbox.recover_in_flight(grace_ms=0)
+    failed = await store.outbox.expire_uncertain()  # no receipt ever came: failed, not sent twice
+    assert [e.data["status"] for e in failed] == ["failed"]
+    assert failed[0].data["error"]["code"] == "delivery_unknown"
+    assert await store.outbox.claim_due() == []
