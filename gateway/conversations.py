@@ -101,6 +101,51 @@ class TokenStream:
         )
 
 
+class ParagraphSender:
+    """Progressive mode: each finished paragraph of a reply goes out as soon as it is complete.
+
+    Paragraphs are queued under keys derived from the user's message, so a turn that is
+    re-run after a crash never queues a paragraph that already went out.
+    """
+
+    def __init__(
+        self,
+        service: ConversationService,
+        session: SessionRecord,
+        delivery: Delivery,
+        reply_id: str,
+        reply_to: MessageRecord,
+    ) -> None:
+        self._service = service
+        self._session = session
+        self._delivery = delivery
+        self._reply_id = reply_id
+        self._reply_to = reply_to
+        self._sent = 0  # characters of the reply already queued
+        self.count = 0  # parts queued so far
+
+    async def feed(self, text: str) -> None:
+        cut = text.rfind("\n\n", self._sent)
+        if cut < 0:
+            return
+        chunk, self._sent = text[self._sent : cut], cut + 2
+        if not chunk.strip():
+            return
+        payloads = self._delivery.render(self._session, chunk, self._reply_to if self.count == 0 else None)
+        queued = [
+            OutboxPart(payload=p, part=self.count + i, parts=0, key=f"{self._reply_to.id}:p{self.count + i}")
+            for i, p in enumerate(payloads)
+        ]
+        self.count += len(queued)
+        await self._service.store.outbox.enqueue(
+            session_id=self._session.id, message_id=self._reply_id, parts=queued
+        )
+        self._service.on_outbox()
+
+    def rest(self, text: str) -> str:
+        return text[self._sent :]
+
+
 class ConversationService:
     def __init__(
         self,
@@ -283,6 +328,11 @@ class ConversationService:
         )
         parts: list[str] = []
         extra: list[NewMessage] = []
+        paragraphs = (
+            ParagraphSender(self, session, delivery, reply_id, pending[-1])
+            if delivery is not None and config.progressive and delivery.window_open(session, now_ms())
+            else None
+        )
         started = time.perf_counter()
         first_token: float | None = None
         try:
@@ -299,6 +349,8 @@ class ConversationService:
                         first_token = time.perf_counter()
                     parts.append(out.text)
                     tokens.add(out.text)
+                    if paragraphs is not None and "\n" in out.text:
+                        await paragraphs.feed("".join(parts))
                 elif isinstance(out, ToolCallsRequested):
                     tokens.flush()
                     kept = [c for c in out.calls if c.name not in ephemeral_tools]
@@ -364,9 +416,15 @@ class ConversationService:
         notices: list[Event] = []
         if delivery is not None and text.strip():
             latest = await self.store.session(session_id) or session
-            if delivery.window_open(latest, now_ms()):
-                payloads = delivery.render(latest, text, pending[-1])
-                outbox = [OutboxPart(payload=p, part=i, parts=len(payloads)) for i, p in enumerate(payloads)]
+            rest, first_part = (paragraphs.rest(text), paragraphs.count) if paragraphs else (text, 0)
+            if not rest.strip():
+                pass  # progressive mode already queued every paragraph
+            elif delivery.window_open(latest, now_ms()):
+                payloads = delivery.render(latest, rest, pending[-1] if first_part == 0 else None)
+                total = first_part + len(payloads)
+                outbox = [
+                    OutboxPart(payload=p, part=first_part + i, parts=total) for i, p in enumerate(payloads)
+                ]
             else:
                 notices.append(
                     event(

@@ -93,6 +93,8 @@ class AgentConfig(_Model):
     echo_delay_ms: float = Field(default=40.0, ge=0)
     # A newer user message cancels the reply being streamed; both are answered together.
     interrupt: bool = False
+    # WhatsApp/SMS: send each finished paragraph as soon as it is complete, not the whole reply.
+    progressive: bool = False
     llm: LlmConfig | None = None
     webhook: WebhookConfig | None = None
     tools: list[ToolConfig] = Field(default_factory=list)

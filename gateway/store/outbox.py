@@ -32,7 +32,8 @@ FINAL = "failed"
 class OutboxPart:
     payload: dict[str, Any]
     part: int
-    parts: int
+    parts: int  # 0 when not known yet (progressive sends)
+    key: str | None = None  # idempotency key; default "<message id>:<part>"
 
 
 def advances(current: str | None, new: str) -> bool:
@@ -74,7 +75,7 @@ class OutboxQueries:
         return [
             OutboxRow(
                 id=ids.message_id().replace("msg_", "out_"),
-                idempotency_key=f"{message_id}:{p.part}",
+                idempotency_key=p.key or f"{message_id}:{p.part}",
                 channel=channel,
                 agent_id=agent_id,
                 session_id=session_id,
@@ -97,9 +98,18 @@ class OutboxQueries:
     async def enqueue(
         self, *, session_id: str, message_id: str, parts: Sequence[OutboxPart], events: Sequence[Event] = ()
     ) -> list[Event]:
+        """Queue parts outside a reply's transaction; a part whose key is already queued is
+        skipped (a re-run turn never queues the same progressive paragraph twice)."""
         now = now_ms()
         async with self._write() as s:
             row = await s.get_one(SessionRow, session_id)
+            wanted = [p.key or f"{message_id}:{p.part}" for p in parts]
+            known = set(
+                await s.scalars(
+                    select(OutboxRow.idempotency_key).where(OutboxRow.idempotency_key.in_(wanted))
+                )
+            )
+            parts = [p for p, key in zip(parts, wanted, strict=True) if key not in known]
             s.add_all(
                 self._outbox_rows(
                     channel=row.channel,

@@ -394,3 +394,24 @@ async def test_idle_timeout_ends_the_session_and_a_returning_contact_gets_histor
             assert len(rows) == 2 and rows[0].id != first.id
     history = [(m["role"], m["content"]) for m in llm.bodies[1]["messages"] if m["role"] != "system"]
     assert history == [("user", "my name is Ada"), ("assistant", "first answer"), ("user", "hello again")]
+
+
+async def test_progressive_mode_sends_each_paragraph_when_it_is_complete(sqlite_url: str) -> None:
+    async with FakeOpenAI() as llm:
+        llm.script([text_reply("First paragraph.", "\n\n", "Second ", "paragraph ", "is slow.", delay=0.3)])
+        agent = {"answer": "llm", "llm": {"base_url": llm.url, "model": "m"}, "progressive": True}
+        async with whatsapp_gateway(sqlite_url, **agent) as (g, graph):
+            await post(g, text_webhook("wamid.P1", "tell me"))
+            await wait_for(lambda: len(graph.sent) == 1)
+            session = (await g.runtime.store.sessions(SessionQuery()))[0]
+            # The first paragraph is out while the reply is still being written.
+            assert [m.role for m in await g.runtime.store.messages(session.id)] == ["user"]
+            assert graph.sent[0]["text"]["body"] == "First paragraph."
+            assert graph.sent[0]["context"] == {"message_id": "wamid.P1"}
+            await wait_for(lambda: len(graph.sent) == 2)
+            assert (
+                graph.sent[1]["text"]["body"] == "Second paragraph is slow."
+                and "context" not in graph.sent[1]
+            )
+            reply = (await g.runtime.store.messages(session.id))[-1]
+            assert reply.text == "First paragraph.\n\nSecond paragraph is slow."
