@@ -48,7 +48,7 @@ log = logging.getLogger("gateway.whatsapp")
 
 PROVIDER = "whatsapp"
 UNROUTABLE = "_unroutable"
-VOICE_NOTE = "[voice note]"
+UNTRANSCRIBED = ("[voice note]", "[audio]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,7 +305,7 @@ class WhatsAppChannel:
         out = []
         for m in pending:
             media = next((p for p in m.parts if isinstance(p, dict) and p.get("kind") == "audio"), None)
-            if transcriber is None or media is None or m.text != VOICE_NOTE or not media.get("id"):
+            if transcriber is None or media is None or m.text not in UNTRANSCRIBED or not media.get("id"):
                 out.append(m)
                 continue
             try:
@@ -320,7 +320,7 @@ class WhatsAppChannel:
                 log.warning("voice note %s not transcribed: %s", m.id, exc, extra={"session_id": session.id})
                 out.append(m)
                 continue
-            new_text = f"[voice note] {text.strip()}"
+            new_text = f"{m.text} {text.strip()}"
             await self.rt.store.update_message(m.id, text=new_text, meta={"transcribed": True})
             out.append(MessageRecord(**{**_fields(m), "text": new_text}))
         return out

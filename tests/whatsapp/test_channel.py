@@ -113,6 +113,16 @@ async def wait_for(predicate: Any, timeout: float = 10) -> None:
             await asyncio.sleep(0.02)
 
 
+async def sent_wamid(g: Running, message_id: str) -> str:
+    """The wamid of a reply's first part, once the outbox recorded it."""
+    async with asyncio.timeout(10):
+        while True:
+            parts = await g.runtime.store.outbox.outbox_for(message_id)
+            if parts and parts[0]["providerMessageId"]:
+                return str(parts[0]["providerMessageId"])
+            await asyncio.sleep(0.02)
+
+
 async def events(g: Running, **q: str) -> list[dict[str, Any]]:
     query = "&".join(f"{k}={v}" for k, v in q.items())
     async with g.client() as c, c.stream("GET", f"/v1/events?lastEventId=0&{query}") as r:
@@ -153,8 +163,8 @@ async def test_end_to_end_reply_statuses_and_feed(sqlite_url: str) -> None:
         assert session.id.startswith("wa-") and len(session.id) == 15
         messages = await g.runtime.store.messages(session.id)
         reply = messages[-1]
+        wamid_out = await sent_wamid(g, reply.id)
         parts = await g.runtime.store.outbox.outbox_for(reply.id)
-        wamid_out = parts[0]["providerMessageId"]
         assert parts[0]["status"] == "sent" and key == f"{reply.id}:0"
         # Out of order and duplicated statuses: read, then a late delivered, then read again.
         for status in ("read", "delivered", "read", "sent"):
@@ -285,7 +295,7 @@ async def test_reaction_is_recorded_on_the_message_without_a_turn(sqlite_url: st
         await wait_for(lambda: len(graph.sent) == 1)
         session = (await g.runtime.store.sessions(SessionQuery()))[0]
         reply = (await g.runtime.store.messages(session.id))[-1]
-        out = await g.runtime.store.outbox.outbox_for(reply.id)
+        out = [{"providerMessageId": await sent_wamid(g, reply.id)}]
         react = json.loads(fixture_bytes("reaction"))
         value = react["entry"][0]["changes"][0]["value"]
         value["metadata"]["phone_number_id"] = PNID
@@ -315,7 +325,7 @@ async def test_window_failure_closes_the_window_and_templates_still_go(sqlite_ur
         await wait_for(lambda: len(graph.sent) == 1)
         session = (await g.runtime.store.sessions(SessionQuery()))[0]
         reply = (await g.runtime.store.messages(session.id))[-1]
-        wamid = (await g.runtime.store.outbox.outbox_for(reply.id))[0]["providerMessageId"]
+        wamid = await sent_wamid(g, reply.id)
         error = {
             "code": 131047,
             "title": "Re-engagement message",
@@ -415,3 +425,105 @@ async def test_progressive_mode_sends_each_paragraph_when_it_is_complete(sqlite_
             )
             reply = (await g.runtime.store.messages(session.id))[-1]
             assert reply.text == "First paragraph.\n\nSecond paragraph is slow."
+
+
+def voice_webhook() -> bytes:
+    obj = json.loads(fixture_bytes("audio_voice"))
+    obj["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] = PNID
+    return json.dumps(obj).encode()
+
+
+async def test_voice_notes_are_downloaded_and_transcribed(sqlite_url: str) -> None:
+    async with FakeOpenAI() as stt:
+        heard: list[Any] = []
+
+        def transcribe(request: Any) -> Any:
+            heard.append(request)
+            from tests.fakes.scripted_http import Reply
+
+            return Reply(
+                headers={"content-type": "application/json"},
+                pieces=[b'{"text": "change my order"}'],
+                chunked=False,
+            )
+
+        stt.route("/v1/audio/transcriptions", transcribe)
+        agent = {"transcriber": {"base_url": stt.url, "model": "whisper-1"}}
+        async with whatsapp_gateway(sqlite_url, **agent) as (g, graph):
+            graph.add_media("2754859441498128", b"OggS-fake-opus", "audio/ogg")
+            assert (await post(g, voice_webhook())).status_code == 200
+            await wait_for(lambda: len(graph.sent) == 1)
+            assert graph.sent[0]["text"]["body"] == "[voice note] change my order"
+            session = (await g.runtime.store.sessions(SessionQuery()))[0]
+            user = (await g.runtime.store.messages(session.id))[0]
+            assert user.text == "[voice note] change my order" and user.meta and user.meta["transcribed"]
+    assert b"OggS-fake-opus" in heard[0].body and b"whisper-1" in heard[0].body
+    media_fetch = [r for r in graph.requests if r.path.startswith("/media/")]
+    assert media_fetch and media_fetch[0].headers["authorization"] == "Bearer test-token"
+
+
+async def test_voice_note_without_a_transcriber_reads_as_a_marker(sqlite_url: str) -> None:
+    async with whatsapp_gateway(sqlite_url) as (g, graph):
+        assert (await post(g, voice_webhook())).status_code == 200
+        await wait_for(lambda: len(graph.sent) == 1)
+        assert graph.sent[0]["text"]["body"] == "[voice note]"
+
+
+async def test_window_rules() -> None:
+    from channels.whatsapp.channel import WhatsAppChannel
+    from gateway.store.records import SessionRecord
+
+    def session(last_inbound: int | None, closed: int | None = None) -> SessionRecord:
+        return SessionRecord(
+            id="wa-1",
+            agent_id="a",
+            channel="whatsapp",
+            contact=None,
+            direction="inbound",
+            status="active",
+            paused=False,
+            meta={},
+            context={},
+            prompt_vars={},
+            prompt=None,
+            started_at=0,
+            last_message_at=0,
+            last_inbound_at=last_inbound,
+            ended_at=None,
+            end_reason=None,
+            window_closed_at=closed,
+            endpoint="whatsapp:1",
+        )
+
+    day = 24 * 3600 * 1000
+    open_ = WhatsAppChannel.window_open
+    assert open_(None, session(1_000), 1_000 + day - 1)  # type: ignore[arg-type]
+    assert not open_(None, session(1_000), 1_000 + day)  # type: ignore[arg-type]
+    assert not open_(None, session(None), 5)  # type: ignore[arg-type]
+    assert not open_(None, session(1_000, closed=2_000), 3_000)  # type: ignore[arg-type]  # a 131047 closed it
+    assert open_(None, session(4_000, closed=2_000), 5_000)  # type: ignore[arg-type]  # the user wrote again
+
+
+async def test_window_expiry_ends_the_session(sqlite_url: str) -> None:
+    async with whatsapp_gateway(sqlite_url, limits={"idle_timeout_seconds": 10 * 24 * 3600}) as (g, graph):
+        await post(g, text_webhook("wamid.E1", "hi"))
+        await wait_for(lambda: len(graph.sent) == 1)
+        session = (await g.runtime.store.sessions(SessionQuery()))[0]
+        # Pretend the user last wrote 25 hours ago (the data the sweeper reads).
+        from sqlalchemy import update
+
+        from gateway.store.models import SessionRow
+
+        async with g.runtime.store.engine.begin() as conn:
+            await conn.execute(
+                update(SessionRow)
+                .where(SessionRow.id == session.id)
+                .values(last_inbound_at=SessionRow.last_inbound_at - 25 * 3600 * 1000)
+            )
+        async with asyncio.timeout(5):
+            while (await g.runtime.store.session(session.id)).status != "ended":  # type: ignore[union-attr]
+                await asyncio.sleep(0.05)
+        ended = await g.runtime.store.session(session.id)
+        assert ended is not None and ended.end_reason == "window_expired"
+        feed = await events(g, session=session.id)
+        assert feed[-1]["event"] == "session.ended" and feed[-1]["reason"] == "window_expired"
