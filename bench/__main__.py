@@ -1,9 +1,10 @@
-"""`python -m bench [--only chat,sse,memory] [--quick] [--repeat N]`: run, print, save.
+"""`python -m bench [--only chat,sse,memory,llm,webhook] [--quick] [--repeat N]`: run, print, save.
 
-Every benchmark measures the gateway and a bare baseline in the same run, each server
-in its own process (`bench.serve_gateway`, `bench.serve_bare`), the load generator
-in this one (plus `bench.sse_client` processes for SSE). Results: a markdown table on
-stdout and `bench/results.json`.
+Every benchmark measures the gateway and a baseline in the same run, each server in
+its own process (`bench.serve_gateway`, `bench.serve_bare`, and the fake upstreams
+`bench.serve_fake_llm`, `bench.serve_fake_graph`), the load generator in this one
+(plus `bench.sse_client` processes for SSE). Results: a markdown table on stdout and
+`bench/results.json`.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import chat, memory, sse
+from bench import chat, llm, memory, sse, webhook
 from bench.common import Profiling, Quiet, raise_nofile, run_async
 from bench.report import Row, table
 
-BENCHES = ("chat", "sse", "memory")
+BENCHES = ("chat", "sse", "memory", "llm", "webhook")
 BUSY_WARNING_CORES = 0.25
 
 
@@ -54,7 +55,19 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "packages": {
             n: _version(n)
-            for n in ("uvicorn", "uvloop", "httptools", "websockets", "starlette", "sse-starlette")
+            for n in (
+                "uvicorn",
+                "uvloop",
+                "httptools",
+                "websockets",
+                "starlette",
+                "sse-starlette",
+                "httpx",
+                "httpcore",
+                "sniffio",
+                "sqlalchemy",
+                "aiosqlite",
+            )
         },
     }
 
@@ -77,6 +90,24 @@ def params_for(args: argparse.Namespace) -> dict[str, Any]:
             drain_s=0.5,
         )
         m = memory.MemoryParams(connections=args.connections or 100, settle_s=0.3)
+        lp = llm.LlmParams(
+            warmup=2,
+            ttft_chats=2,
+            ttft_messages=5,
+            fast_chats=1,
+            fast_messages=2,
+            chats=args.llm_chats or 30,
+            paced_tokens=50,
+            rounds=1,
+            stagger_s=0.5,
+        )
+        w = webhook.WebhookParams(
+            seconds=args.webhook_seconds or 2,
+            concurrency=args.webhook_concurrency,
+            c1_seconds=1,
+            bad_seconds=1,
+            warmup_s=0.5,
+        )
     else:
         c = chat.ChatParams(words=args.words, conc_chats=args.chats or 20)
         s = sse.SseParams(
@@ -86,7 +117,9 @@ def params_for(args: argparse.Namespace) -> dict[str, Any]:
             clients=args.sse_clients,
         )
         m = memory.MemoryParams(connections=args.connections or 500)
-    return {"chat": c, "sse": s, "memory": m}
+        lp = llm.LlmParams(chats=args.llm_chats or 150)
+        w = webhook.WebhookParams(seconds=args.webhook_seconds or 10, concurrency=args.webhook_concurrency)
+    return {"chat": c, "sse": s, "memory": m, "llm": lp, "webhook": w}
 
 
 def median_rows(runs: list[list[Row]]) -> list[Row]:
@@ -129,7 +162,7 @@ def main() -> int:
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--only", default=",".join(BENCHES), help="comma-separated subset of: chat,sse,memory"
+        "--only", default=",".join(BENCHES), help=f"comma-separated subset of: {','.join(BENCHES)}"
     )
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: small counts, a few seconds per bench"
@@ -147,6 +180,13 @@ def main() -> int:
     )
     parser.add_argument("--sse-clients", type=int, default=1, help="sse: subscriber processes")
     parser.add_argument("--connections", type=int, default=0, help="memory: idle connections (default 500)")
+    parser.add_argument(
+        "--llm-chats", type=int, default=0, help="llm: concurrent paced streams (default 150; quick 30)"
+    )
+    parser.add_argument(
+        "--webhook-seconds", type=float, default=0, help="webhook: window at c=C (default 10; quick 2)"
+    )
+    parser.add_argument("--webhook-concurrency", type=int, default=64, help="webhook: connections (C)")
     parser.add_argument(
         "--profile",
         type=Path,
@@ -175,7 +215,7 @@ def main() -> int:
     Quiet.max_wait_s = args.wait_quiet
     params = params_for(args)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-logs-"))
-    modules = {"chat": chat, "sse": sse, "memory": memory}
+    modules = {"chat": chat, "sse": sse, "memory": memory, "llm": llm, "webhook": webhook}
     rows: list[Row] = []
     details: dict[str, Any] = {}
     started = time.monotonic()

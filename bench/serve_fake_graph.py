@@ -53,7 +53,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await _reply(send, 200, b'{"success":true}')
         else:
             COUNTS["sends"] += 1
-            await _reply(send, 200, b'{"messaging_product":"whatsapp","messages":[{"id":"wamid.x%d"}]}' % next(_IDS))
+            await _reply(
+                send, 200, b'{"messaging_product":"whatsapp","messages":[{"id":"wamid.x%d"}]}' % next(_IDS)
+            )
     elif method == "GET" and path == "/stats":
         await _reply(send, 200, json.dumps(COUNTS).encode())
     elif method == "GET" and path == "/healthz":

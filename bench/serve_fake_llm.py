@@ -35,7 +35,9 @@ from bench.common import HOST, raise_nofile
 _TOKENS = re.compile(r"tokens=(\d+)")
 _PACE = re.compile(r"pace_ms=([0-9.]+)")
 _HEAD = 'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,"model":"m",'
-ROLE = (_HEAD + '"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n').encode()
+ROLE = (
+    _HEAD + '"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n'
+).encode()
 STOP = (_HEAD + '"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n').encode()
 _PRE = (_HEAD + '"choices":[{"index":0,"delta":{"content":"').encode()
 _POST = b'"},"finish_reason":null}]}\n\n'
@@ -89,9 +91,7 @@ async def completions(request: Request) -> Response:
             yield frame(i)
         yield STOP
 
-    return StreamingResponse(
-        stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
-    )
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
 app = Starlette(

@@ -251,6 +251,96 @@ class ConversationService:
             raise NotFound(f"no session {session_id!r}", code="unknown_session")
         return session
 
+    # ------------------------------------------------------------- takeover
+
+    async def set_paused(
+        self,
+        agent_id: str,
+        paused: bool,
+        *,
+        session_id: str | None = None,
+        contact: str | None = None,
+        cancel_running: bool = True,
+        by: str = "operator",
+    ) -> list[str]:
+        """Pause / resume a session, a contact (with this agent) or the whole agent (idempotent)."""
+        self.directory.get(agent_id)
+        if session_id is not None:
+            session = await self.session(session_id)
+            if session.agent_id != agent_id:
+                raise NotFound(f"no session {session_id!r} for agent {agent_id!r}", code="unknown_session")
+            if not session.active:
+                raise Conflict(f"session {session_id} has ended", code="session_ended")
+        changed, _ = await self.store.set_paused(
+            agent_id, paused, session_id=session_id, contact=contact, extra={"by": by}
+        )
+        if paused and session_id is None:
+            for sid in changed:  # the stored event names the agent or contact; tell each session too
+                self.bus.publish_to_session(
+                    Event(
+                        type=EventType.SESSION_PAUSED,
+                        agent=agent_id,
+                        session_id=sid,
+                        data={"contact": contact},
+                    )
+                )
+        if paused and cancel_running:
+            for sid in changed:
+                # A reply being streamed stops now: the message gets a full AI reply or none.
+                self.turns.forget(sid)
+        return changed
+
+    async def send_human(self, session_id: str, text: str, *, author: str) -> str:
+        """An operator's message, delivered on the session's own channel, stored as `source: human`."""
+        session = await self.session(session_id)
+        if not session.active:
+            raise Conflict(f"session {session_id} has ended", code="session_ended")
+        delivery = self.deliveries.get(provider_of(session) or "")
+        outbox: list[OutboxPart] = []
+        if delivery is not None:
+            if not delivery.window_open(session, now_ms()):
+                raise Conflict(
+                    "the 24-hour window is closed: only a template can reach this contact now",
+                    code="window_closed",
+                )
+            payloads = delivery.render(session, text, None)
+            outbox = [OutboxPart(payload=p, part=i, parts=len(payloads)) for i, p in enumerate(payloads)]
+        message_id = ids.message_id()
+        await self.store.record_reply(
+            session_id=session_id,
+            answered=[],
+            messages=[NewMessage(id=message_id, role="assistant", text=text, source="human", author=author)],
+            outbox=outbox,
+            events=[
+                Event(
+                    type=EventType.BOT_MESSAGE,
+                    agent=session.agent_id,
+                    session_id=session_id,
+                    channel=session.channel,
+                    data={"messageId": message_id, "text": text, "source": "human", "author": author},
+                )
+            ],
+        )
+        if outbox:
+            self.on_outbox()
+        return message_id
+
+    async def request_human(self, session_id: str, reason: str) -> None:
+        """The agent asked for a person: pause (without cancelling the turn asking) and alert."""
+        session = await self.session(session_id)
+        await self.set_paused(session.agent_id, True, session_id=session_id, cancel_running=False, by="agent")
+        await self.store.append_events(
+            [
+                Event(
+                    type=EventType.SESSION_ATTENTION,
+                    agent=session.agent_id,
+                    session_id=session_id,
+                    channel=session.channel,
+                    data={"reason": reason},
+                )
+            ]
+        )
+
     async def resume_pending(self) -> int:
         """After a restart: run the turns whose user messages were never answered."""
         sessions = await self.store.pending_sessions()
@@ -264,8 +354,8 @@ class ConversationService:
 
     async def _run_turn(self, session_id: str) -> None:
         session = await self.store.session(session_id)
-        if session is None or not session.active:
-            return
+        if session is None or not session.active or session.paused:
+            return  # paused: a human has the conversation; no agent turn runs
         messages = await self.store.messages(session_id)
         pending = [m for m in messages if m.pending and m.role == "user"]
         if not pending:
@@ -394,6 +484,14 @@ class ConversationService:
             await self._fail(session, pending, last, exc.code, exc.message)
             return
         except (asyncio.CancelledError, GeneratorExit):
+            tokens.flush()
+            # Live only (nothing was stored): tells streaming readers this reply will not finish.
+            self.bus.publish(
+                event(
+                    EventType.BOT_CANCELLED,
+                    {"messageId": reply_id, "inReplyTo": last, "answered": [m.id for m in pending]},
+                )
+            )
             raise
         except Exception as exc:  # a bug in an agent implementation: the session must survive it
             log.exception("agent crashed", extra={"session_id": session_id})

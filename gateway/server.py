@@ -35,6 +35,7 @@ from gateway.api.http import on_crash, on_gateway_error, on_http_error
 from gateway.api.messages import MessageRoutes
 from gateway.api.ops import OpsRoutes
 from gateway.api.sessions import SessionRoutes
+from gateway.api.takeover import TakeoverRoutes
 from gateway.api.tokens import TokenRoutes
 from gateway.auth import Auth, origin_allowed
 from gateway.bus.facade import Bus
@@ -78,6 +79,7 @@ def build_runtime(settings: Settings, env: Mapping[str, str] | None = None) -> R
     )
     outbox = Outbox(store, deliveries, settings.server)
     service.on_outbox = outbox.wake
+    factory.builtins.request_human = service.request_human
     return Runtime(
         settings=settings,
         store=store,
@@ -160,6 +162,7 @@ def create_app(
         TokenRoutes(rt),
         MessageRoutes(rt),
         SessionRoutes(rt),
+        TakeoverRoutes(rt),
         FeedChannel(rt),
         ChatChannel(rt),
         AgentSocket(rt, rt.agents.hub),

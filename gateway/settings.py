@@ -63,6 +63,21 @@ class LimitsConfig(_Model):
     process_reply_timeout_seconds: float = Field(default=120.0, gt=0)
 
 
+REQUEST_HUMAN = "request_human"
+REQUEST_HUMAN_TOOL: dict[str, Any] = {
+    "name": REQUEST_HUMAN,
+    "description": "Hand the conversation to a human operator when you cannot help "
+    "or the user asks for a person.",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "reason": {"type": "string", "description": "Why a human is needed, for the operator."}
+        },
+        "required": ["reason"],
+    },
+}
+
+
 class WhatsAppNumber(_Model):
     """One WhatsApp Business number an agent answers on."""
 
@@ -95,6 +110,19 @@ class AgentConfig(_Model):
     interrupt: bool = False
     # WhatsApp/SMS: send each finished paragraph as soon as it is complete, not the whole reply.
     progressive: bool = False
+    # Offer the model the built-in `request_human` tool (pauses the session, alerts operators).
+    request_human: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _builtin_tools(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("request_human"):
+            tools = list(data.get("tools") or [])
+            if not any(isinstance(t, dict) and t.get("name") == REQUEST_HUMAN for t in tools):
+                tools.append(REQUEST_HUMAN_TOOL)
+            data = {**data, "tools": tools}
+        return data
+
     llm: LlmConfig | None = None
     webhook: WebhookConfig | None = None
     tools: list[ToolConfig] = Field(default_factory=list)

@@ -8,18 +8,19 @@ LLM traffic is spread round-robin over a few clients.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import httpx
 
-from gateway.agents.base import Agent
+from gateway.agents.base import Agent, ToolCall, Turn
 from gateway.agents.echo import EchoAgent
 from gateway.agents.llm import LlmAgent
 from gateway.agents.remote import ProcessAgent, ProcessHub, ProcessToolRunner
-from gateway.agents.tools import HttpToolRunner, RoutingToolRunner
+from gateway.agents.tools import HttpToolRunner, RoutingToolRunner, ToolRunner, parse_arguments
 from gateway.agents.webhook import WebhookAgent
 from gateway.errors import AgentError
-from gateway.settings import AgentConfig
+from gateway.settings import REQUEST_HUMAN, AgentConfig, ToolConfig
 
 LLM_CLIENTS = 4
 
@@ -32,11 +33,30 @@ def _client() -> httpx.AsyncClient:
     )
 
 
+class BuiltinTools:
+    """Tools the gateway itself implements (`request_human`); everything else passes through."""
+
+    def __init__(self, inner: ToolRunner) -> None:
+        self._inner = inner
+        self.request_human: Callable[[str, str], Awaitable[None]] | None = None
+
+    async def call(self, turn: Turn, tool: ToolConfig, call: ToolCall) -> Any:
+        if tool.name != REQUEST_HUMAN or tool.url or self.request_human is None:
+            return await self._inner.call(turn, tool, call)
+        arguments = parse_arguments(call)
+        reason = arguments.get("reason") if isinstance(arguments, dict) else None
+        await self.request_human(turn.session_id, str(reason or "the agent asked for a human"))
+        return {"ok": True, "status": "a human operator has been asked to take over this conversation"}
+
+
 class AgentFactory:
     def __init__(self, hub: ProcessHub, env: Mapping[str, str]) -> None:
         self.hub = hub
         self._clients = [_client() for _ in range(LLM_CLIENTS)]
-        tools = RoutingToolRunner(HttpToolRunner(self._clients[0]), ProcessToolRunner(hub))
+        self.builtins = BuiltinTools(
+            RoutingToolRunner(HttpToolRunner(self._clients[0]), ProcessToolRunner(hub))
+        )
+        tools = self.builtins
         self._echo = EchoAgent()
         self._llms = itertools.cycle([LlmAgent(c, tools, env) for c in self._clients])
         self._webhook = WebhookAgent(self._clients[-1], env)

@@ -197,6 +197,20 @@ class AgentConnection:
                 raise FrameError("invalid_frame", "`result` is required")
             if not self.link.tool_result(call_id, frame["result"]):
                 raise FrameError("unknown_tool_call", f"no pending tool call {call_id!r}")
+        elif kind in ("session.pause", "session.resume"):
+            await self._pause(kind == "session.pause", frame, request_id)
+        elif kind == "session.send":
+            session_id = _str(frame, "session_id", max_len=64)
+            await self._own(session_id)
+            text = frame.get("text")
+            if not isinstance(text, str) or not text.strip() or len(text) > 4096:
+                raise FrameError(
+                    "invalid_frame", "`text` must be a non-empty string of at most 4096 characters"
+                )
+            author = frame.get("author") if isinstance(frame.get("author"), str) else self.link.name
+            message_id = await self.rt.service.send_human(session_id, text, author=str(author)[:128])
+            out = {"event": "session.sent", "session_id": session_id, "message_id": message_id}
+            await self.send({**out, **({"request_id": request_id} if request_id is not None else {})})
         elif isinstance(kind, str) and kind.startswith("session."):
             await self._session_command(kind, frame, request_id)
         elif isinstance(kind, str):
@@ -281,6 +295,41 @@ class AgentConnection:
             item = ReplyItem("error", message if isinstance(message, str) else "unspecified error")
         if not self.link.reply(message_id, item):
             raise FrameError("unknown_turn", f"no turn {message_id!r} is waiting for a reply")
+
+    async def _own(self, session_id: str) -> None:
+        session = await self.rt.store.session(session_id)
+        if session is None:
+            raise FrameError("unknown_session", f"no session {session_id!r}")
+        if session.agent_id not in self.agents:
+            raise FrameError(
+                "forbidden",
+                f"session {session_id} belongs to agent {session.agent_id!r}, "
+                "which this connection has not registered",
+            )
+
+    async def _pause(self, paused: bool, frame: dict[str, Any], request_id: Any) -> None:
+        agent_id = _str(frame, "agent_id", max_len=64)
+        if agent_id not in self.agents:
+            raise FrameError("forbidden", f"agent {agent_id!r} is not registered on this connection")
+        session_id = frame.get("session_id")
+        contact = frame.get("contact")
+        if session_id is not None and not isinstance(session_id, str):
+            raise FrameError("invalid_frame", "`session_id` must be a string")
+        if contact is not None and not isinstance(contact, str):
+            raise FrameError("invalid_frame", "`contact` must be a string")
+        changed = await self.rt.service.set_paused(agent_id, paused, session_id=session_id, contact=contact)
+        out: dict[str, Any] = {
+            "event": "session.paused" if paused else "session.resumed",
+            "agent_id": agent_id,
+            "sessions": changed,
+        }
+        if session_id is not None:
+            out["session_id"] = session_id
+        if contact is not None:
+            out["contact"] = contact
+        if request_id is not None:
+            out["request_id"] = request_id
+        await self.send(out)
 
     async def _session_command(self, kind: str, frame: dict[str, Any], request_id: Any) -> None:
         service, store = self.rt.service, self.rt.store

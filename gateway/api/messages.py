@@ -84,6 +84,11 @@ class MessageRoutes:
                     return JSONResponse(
                         {"sessionId": session.id, "messageId": data["messageId"], "text": data["text"]}
                     )
+                if kind == "cancelled":  # paused (a human took over) or interrupted
+                    return JSONResponse(
+                        {"sessionId": session.id, "messageId": None, "text": None, "cancelled": True},
+                        status_code=202,
+                    )
                 if kind == "error":
                     return error(
                         502, data.get("code", "agent_error"), data.get("message", "the agent failed")
@@ -175,5 +180,14 @@ async def _reply(sub: Subscription, message_id: str) -> AsyncIterator[tuple[str,
                 elif kind == b"session.ended":
                     yield "error", {"code": "session_ended", "message": "the session ended"}
                     return
+                elif kind == b"session.paused":  # a human took over before the reply
+                    if json.loads(body).get("by") != "agent":  # not the agent's own request_human
+                        yield "cancelled", {"messageId": None}
+                        return
+                elif kind == b"bot.cancelled":
+                    obj = json.loads(body)
+                    if message_id in obj.get("answered", []):
+                        yield "cancelled", {"messageId": obj["messageId"]}
+                        return
     except (TimeoutError, SubscriptionClosed):
         return

@@ -27,6 +27,7 @@ class OpsRoutes:
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
             Route("/", self.demo, methods=["GET"]),
+            Route("/console", self.console, methods=["GET"]),
             Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
         ]
 
@@ -54,6 +55,9 @@ class OpsRoutes:
 
     async def openapi(self, _request: Request) -> JSONResponse:
         return JSONResponse(openapi_document())
+
+    async def console(self, _request: Request) -> FileResponse:
+        return FileResponse(STATIC / "console.html", headers={"cache-control": "no-cache"})
 
     async def demo(self, _request: Request) -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})

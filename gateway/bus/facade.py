@@ -50,6 +50,11 @@ class Bus:
         if event.session_id:
             self.backend.publish(session_topic(event.session_id), payload)
 
+    def publish_to_session(self, event: Event) -> None:
+        """Only the session's own readers (a chat socket, a waiting HTTP reply) get this."""
+        if event.session_id:
+            self.backend.publish(session_topic(event.session_id), encode_event(event))
+
     def publish_all(self, events: list[Event]) -> None:
         for event in events:
             self.publish(event)

@@ -49,6 +49,8 @@ class AgentRow(Base):
     origin: Mapped[str] = mapped_column(String(16))  # "config" | "process"
     config: Mapped[dict[str, Any]]
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Contact-level takeover: addresses paused with this agent, including contacts not seen yet.
+    paused_contacts: Mapped[list[Any] | None] = mapped_column(JSON)
     created_at: Mapped[int]
     updated_at: Mapped[int]
 

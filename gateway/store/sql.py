@@ -311,8 +311,7 @@ class Store:
         now: int,
         endpoint: str | None = None,
     ) -> tuple[SessionRow, Event]:
-        agent = await s.get(AgentRow, agent_id)
-        paused = bool(agent and agent.paused) or bool(contact and agent_id in contact.paused_agents)
+        paused = _paused_for(await s.get(AgentRow, agent_id), contact)
         row = SessionRow(
             id=session_id or ids.session_id(channel),
             agent_id=agent_id,
@@ -490,8 +489,7 @@ class Store:
             started = True
         else:
             srow = srow_opt
-        agent = await s.get(AgentRow, agent_id)
-        paused = srow.paused or bool(agent and agent.paused) or bool(crow and agent_id in crow.paused_agents)
+        paused = srow.paused or _paused_for(await s.get(AgentRow, agent_id), crow)
         mrow = MessageRow(
             id=ids.message_id(),
             session_id=srow.id,
@@ -790,6 +788,79 @@ class Store:
             await self._append(s, events)
             return row.id
 
+    async def set_paused(
+        self,
+        agent_id: str,
+        paused: bool,
+        *,
+        session_id: str | None = None,
+        contact: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> tuple[list[str], list[Event]]:
+        """Pause or resume one session, every session of a contact with the agent, or the agent.
+
+        Pause state is data: sessions that start later inherit a contact- or agent-level
+        pause (see `_new_session`). Resuming the whole agent clears every level. Pausing
+        settles the unanswered messages of the sessions it covers: a human answers them.
+        Returns the sessions whose state changed and the event (none when nothing changed).
+        """
+        async with self._write() as s:
+            q = select(SessionRow).where(
+                SessionRow.agent_id == agent_id, SessionRow.status == SessionStatus.ACTIVE
+            )
+            data: dict[str, Any] = dict(extra or {})
+            changed_level = False
+            if session_id is not None:
+                q = q.where(SessionRow.id == session_id)
+                data["sessionId"] = session_id
+            elif contact is not None:
+                rows = (
+                    await s.scalars(
+                        select(ContactRow).where(or_(ContactRow.id == contact, ContactRow.address == contact))
+                    )
+                ).all()
+                addresses = {c.address for c in rows} or {contact}
+                agent = await s.get_one(AgentRow, agent_id)
+                before = set(agent.paused_contacts or [])
+                after = before | addresses if paused else before - addresses
+                if after != before:
+                    agent.paused_contacts, changed_level = sorted(after), True
+                q = q.where(SessionRow.contact_id.in_([c.id for c in rows]))
+                data["contact"] = contact
+            else:
+                agent = await s.get_one(AgentRow, agent_id)
+                if agent.paused != paused:
+                    agent.paused, changed_level = paused, True
+                if not paused and agent.paused_contacts:  # a global resume clears every level
+                    agent.paused_contacts, changed_level = [], True
+            sessions = [r for r in (await s.scalars(q)).all() if r.paused != paused]
+            for row in sessions:
+                row.paused = paused
+            ids_ = [r.id for r in sessions]
+            if paused and ids_:
+                await s.execute(
+                    update(MessageRow)
+                    .where(MessageRow.session_id.in_(ids_), MessageRow.pending.is_(True))
+                    .values(pending=False)
+                )
+            if not ids_ and not changed_level:
+                return [], []
+            kind = EventType.SESSION_PAUSED if paused else EventType.SESSION_RESUMED
+            channel = sessions[0].channel if session_id is not None and sessions else None
+            events = await self._append(
+                s,
+                [
+                    Event(
+                        type=kind,
+                        agent=agent_id,
+                        session_id=session_id,
+                        channel=channel,
+                        data={**data, "sessions": ids_},
+                    )
+                ],
+            )
+            return ids_, events
+
     async def update_message(self, message_id: str, *, text: str, meta: dict[str, Any] | None = None) -> None:
         async with self._write() as s:
             row = await s.get_one(MessageRow, message_id)
@@ -885,6 +956,13 @@ class Store:
             )
             events = await self._append(s, [ev])
             return _session(row, await _contact_of(s, row)), events
+
+
+def _paused_for(agent: AgentRow | None, contact: ContactRow | None) -> bool:
+    """Agent- or contact-level pause (the session's own flag is checked by the caller)."""
+    if agent is None:
+        return False
+    return agent.paused or bool(contact is not None and contact.address in (agent.paused_contacts or []))
 
 
 async def _contact_of(s: AsyncSession, row: SessionRow) -> ContactRow | None:

@@ -51,6 +51,9 @@ def upgrade() -> None:
     with op.batch_alter_table('messages', schema=None) as batch_op:
         batch_op.add_column(sa.Column('meta', sa.JSON(), nullable=True))
 
+    with op.batch_alter_table('agents', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('paused_contacts', sa.JSON(), nullable=True))
+
     with op.batch_alter_table('sessions', schema=None) as batch_op:
         batch_op.add_column(sa.Column('window_closed_at', sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column('endpoint', sa.String(length=128), nullable=True))
@@ -64,6 +67,9 @@ def downgrade() -> None:
     with op.batch_alter_table('sessions', schema=None) as batch_op:
         batch_op.drop_column('endpoint')
         batch_op.drop_column('window_closed_at')
+
+    with op.batch_alter_table('agents', schema=None) as batch_op:
+        batch_op.drop_column('paused_contacts')
 
     with op.batch_alter_table('messages', schema=None) as batch_op:
         batch_op.drop_column('meta')
