@@ -25,6 +25,7 @@ class SendFailed(Exception):
         retry_after: float | None = None,
         details: dict[str, Any] | None = None,
         closes_window: bool = False,
+        maybe_sent: bool = False,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -33,6 +34,8 @@ class SendFailed(Exception):
         self.retry_after = retry_after
         self.details = details or {}
         self.closes_window = closes_window
+        # The provider may have accepted it (a read timeout): never retried blindly.
+        self.maybe_sent = maybe_sent
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -87,6 +87,19 @@ class Outbox:
                     )
                 provider_id = await delivery.send(item)
             except SendFailed as exc:
+                if exc.maybe_sent:
+                    # Like a crash mid-call: a receipt carrying the part's key settles it; without
+                    # one it fails after the grace period. Resending could deliver twice.
+                    log.warning(
+                        "send outcome unknown (%s); awaiting a receipt",
+                        exc.message,
+                        extra={"session_id": item.session_id, "message_id": item.message_id},
+                    )
+                    await outbox.mark_uncertain(
+                        item.id, int(self._config.outbox_uncertain_grace_seconds * 1000), exc.as_json()
+                    )
+                    self.wake()
+                    return
                 if exc.closes_window:
                     await outbox.close_window(item.session_id)
                 if exc.retryable and item.attempts < self._config.outbox_max_attempts:

@@ -180,7 +180,7 @@ class WhatsAppChannel:
                 if m.revoke is not None:
                     extras.append(self._annotate(m.revoke.original_wamid, "revoked", {"wamid": m.wamid}))
                 if m.system is not None and m.system.new_wa_id:
-                    extras.append(self._rekey(m.from_, m.system.new_wa_id))
+                    extras.append(self._rekey(m.sender_key, m.system.new_wa_id))
                 out.append(
                     InboundMessage(
                         agent=agent,
@@ -277,6 +277,8 @@ class WhatsAppChannel:
         try:
             return await number.graph.send(number.config.phone_number_id, payload)
         except GraphError as exc:
+            cause = exc.__cause__
+            maybe_sent = exc.title == "timeout" and not isinstance(cause, httpx.ConnectTimeout)
             raise SendFailed(
                 str(exc.code or exc.status or "network"),
                 exc.message,
@@ -284,6 +286,7 @@ class WhatsAppChannel:
                 retry_after=exc.retry_after,
                 details={"title": exc.title, "details": exc.details} if exc.details else None,
                 closes_window=isinstance(exc, WindowClosed),
+                maybe_sent=maybe_sent,
             ) from None
 
     async def typing(self, session: SessionRecord, message: MessageRecord) -> None:
@@ -359,11 +362,12 @@ class WhatsAppChannel:
         )
         if pnid is None or pnid not in self.numbers or self.numbers[pnid].agent_id != agent_id:
             raise BadRequest(f"agent {agent_id!r} has no WhatsApp number {pnid!r}", code="unknown_number")
-        if "template" not in body:
+        if not isinstance(body.get("template"), dict):
             raise BadRequest(
                 "a conversation is started with a `template` {name, language, components?}",
                 code="template_required",
             )
+        _template(body["template"])  # refuse a bad template before any session exists
         session = await self.rt.service.start_session(
             agent_id=agent_id,
             channel=Channel.WHATSAPP,
@@ -380,17 +384,7 @@ class WhatsAppChannel:
         )
 
     async def _queue_template(self, session: SessionRecord, spec: dict[str, Any]) -> str:
-        name = spec.get("name")
-        language = spec.get("language", "en_US")
-        components = spec.get("components") or []
-        if isinstance(language, dict):
-            language = language.get("code")
-        if not isinstance(name, str) or not name or len(name) > 512:
-            raise BadRequest("`name` of the template is required", code="invalid_template")
-        if not isinstance(language, str) or not language or not isinstance(components, list):
-            raise BadRequest(
-                "`language` must be a code like en_US and `components` a list", code="invalid_template"
-            )
+        name, language, components = _template(spec)
         to = session.contact.address if session.contact else ""
         payload = template_payload(to, name, language, components)
         message = NewMessage(
@@ -417,6 +411,21 @@ class WhatsAppChannel:
         )
         self.rt.outbox.wake()
         return message.id
+
+
+def _template(spec: dict[str, Any]) -> tuple[str, str, list[Any]]:
+    name = spec.get("name")
+    language = spec.get("language", "en_US")
+    components = spec.get("components") or []
+    if isinstance(language, dict):
+        language = language.get("code")
+    if not isinstance(name, str) or not name or len(name) > 512:
+        raise BadRequest("`name` of the template is required", code="invalid_template")
+    if not isinstance(language, str) or not language or not isinstance(components, list):
+        raise BadRequest(
+            "`language` must be a code like en_US and `components` a list", code="invalid_template"
+        )
+    return name, language, components
 
 
 def _extra(m: WaMessage) -> dict[str, Any]:

@@ -59,6 +59,10 @@ def message_json(m: MessageRecord) -> dict[str, Any]:
         out["inReplyTo"] = m.in_reply_to
     if m.author:
         out["author"] = m.author
+    if m.error:
+        out["error"] = m.error
+    if m.meta:
+        out["meta"] = m.meta
     return out
 
 

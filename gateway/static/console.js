@@ -526,6 +526,15 @@
 
   function scrollDown(force) {
     if (force || nearBottom()) transcript.scrollTop = transcript.scrollHeight;
+    pinned = nearBottom();
+  }
+
+  // A transcript read at its end stays at its end when its box changes size (a phone
+  // rotating, the composer growing, the window narrowing).
+  let pinned = true;
+  transcript.addEventListener("scroll", () => { pinned = nearBottom(); }, { passive: true });
+  if (window.ResizeObserver) {
+    new ResizeObserver(() => { if (pinned) transcript.scrollTop = transcript.scrollHeight; }).observe(transcript);
   }
 
   function whoLabel(m, s) {

@@ -166,13 +166,26 @@ class OutboxQueries:
         async with self._write() as s:
             row = await s.get_one(OutboxRow, outbox_id)
             row.status, row.provider_message_id, row.updated_at = "sent", provider_message_id, now
-            row.delivery = row.delivery if row.delivery and RANK.get(row.delivery, -1) > 1 else "sent"
+            if not advances(row.delivery, "sent"):
+                return []  # a receipt (delivered, read or failed) overtook the send's own response
+            row.delivery = "sent"
             return await self._delivery_changed(s, row, "sent", None)
 
     async def mark_retry(self, outbox_id: str, at: int, error: dict[str, Any]) -> None:
         async with self._write() as s:
             row = await s.get_one(OutboxRow, outbox_id)
             row.status, row.next_attempt_at, row.last_error, row.updated_at = "pending", at, error, now_ms()
+
+    async def mark_uncertain(self, outbox_id: str, grace_ms: int, error: dict[str, Any]) -> None:
+        now = now_ms()
+        async with self._write() as s:
+            row = await s.get_one(OutboxRow, outbox_id)
+            row.status, row.next_attempt_at, row.last_error, row.updated_at = (
+                "uncertain",
+                now + grace_ms,
+                error,
+                now,
+            )
 
     async def mark_failed(self, outbox_id: str, error: dict[str, Any]) -> list[Event]:
         async with self._write() as s:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -177,3 +178,32 @@ async def test_outbox_part_caught_mid_send_is_settled_by_its_receipt_or_failed_n
     assert [e.data["status"] for e in failed] == ["failed"]
     assert failed[0].data["error"]["code"] == "delivery_unknown"
     assert await store.outbox.claim_due() == []
+
+
+async def test_a_send_that_may_have_gone_out_is_never_retried_blindly(store: Store) -> None:
+    from gateway.delivery import SendFailed
+    from gateway.outbox import Outbox
+    from gateway.settings import ServerConfig
+    from gateway.store.outbox import OutboxPart
+
+    calls: list[str] = []
+
+    class TimesOut:  # a Delivery whose provider accepted the part but the response never came
+        async def send(self, item: Any) -> str:
+            calls.append(item.idempotency_key)
+            raise SendFailed("timeout", "read timed out", retryable=True, maybe_sent=True)
+
+    got = await store.ingest_message(agent_id="support", channel=Channel.WHATSAPP, text="q", contact=alice(),
+                                     endpoint="whatsapp:1")
+    await store.record_reply(session_id=got.session.id, answered=[], events=[],
+                             messages=[NewMessage(id="msg_t", role="assistant", text="a")],
+                             outbox=[OutboxPart(payload={}, part=0, parts=1)])
+    config = ServerConfig(outbox_poll_seconds=0.02, outbox_retry_base_seconds=0.01,
+                          outbox_uncertain_grace_seconds=60)
+    outbox = Outbox(store, {"whatsapp": TimesOut()}, config)  # type: ignore[dict-item]
+    task = asyncio.create_task(outbox.run())
+    await asyncio.sleep(0.5)
+    task.cancel()
+    assert calls == ["msg_t:0"]  # once, despite `retryable`
+    parts = await store.outbox.outbox_for("msg_t")
+    assert parts[0]["status"] == "uncertain"
