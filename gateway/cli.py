@@ -133,6 +133,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     async def work(rt: Any) -> int:
         count, cursor = 0, None
+        total = await rt.store.count_sessions(agent=args.agent)
         try:
             while True:
                 rows = await rt.store.sessions(SessionQuery(agent=args.agent, limit=200, cursor=cursor))
@@ -142,7 +143,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                     out.write(json.dumps(record, ensure_ascii=False) + "\n")
                     count += 1
                     if args.output != "-":
-                        print(f"\rexported {count} sessions", end="", file=sys.stderr, flush=True)
+                        _progress(count, total)
                 if len(rows) < 200:
                     break
                 cursor = (rows[-1].started_at, rows[-1].id)
@@ -153,6 +154,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(_with_runtime(settings, work))
+
+
+def _progress(done: int, total: int, width: int = 30) -> None:
+    """A progress bar on stderr (the JSONL goes to the file)."""
+    filled = width if total <= 0 else min(width, done * width // total)
+    bar = "#" * filled + "-" * (width - filled)
+    print(f"\r[{bar}] {done}/{total} sessions", end="", file=sys.stderr, flush=True)
 
 
 def parser() -> argparse.ArgumentParser:

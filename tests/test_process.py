@@ -316,3 +316,34 @@ graph_version = "{graph.version}"
     keys = [m["biz_opaque_callback_data"] for m in graph.sent]
     assert len(graph.sent) == 5 and len(set(keys)) == 5
     assert sorted(m["text"]["body"] for m in graph.sent) == [f"reply number {i}" for i in range(5)]
+
+
+def test_export_writes_jsonl_with_a_progress_bar(tmp_path: Path) -> None:
+    config = write_config(tmp_path, delay_ms=0)
+    assert run_cli("--config", str(config), "migrate").returncode == 0
+
+    async def seed() -> None:
+        from gateway.settings import load_settings
+        from gateway.store.db import create_engine
+        from gateway.store.sql import Store
+        from gateway.types import Channel
+
+        store = Store(create_engine(load_settings(config, env={}).server.database_url))
+        await store.sync_agents({"demo": {"answer": "echo"}})
+        for i in range(3):
+            from gateway.events import ContactRef
+
+            await store.ingest_message(
+                agent_id="demo",
+                channel=Channel.API,
+                text=f"hello {i}",
+                contact=ContactRef(channel=Channel.API, address=f"c{i}"),
+            )
+        await store.close()
+
+    asyncio.run(seed())
+    out = tmp_path / "export.jsonl"
+    r = run_cli("--config", str(config), "export", "-o", str(out))
+    assert r.returncode == 0 and "3/3 sessions" in r.stderr and "[####" in r.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 3 and all(rec["messages"][0]["role"] == "user" for rec in lines)

@@ -567,6 +567,13 @@ class Store:
             rows = (await s.execute(stmt)).all()
         return [_session(srow, crow) for srow, crow in rows]
 
+    async def count_sessions(self, *, agent: str | None = None) -> int:
+        q = select(func.count()).select_from(SessionRow)
+        if agent is not None:
+            q = q.where(SessionRow.agent_id == agent)
+        async with self._read() as s:
+            return int(await s.scalar(q) or 0)
+
     async def messages(self, session_id: str) -> list[MessageRecord]:
         async with self._read() as s:
             rows = await s.scalars(

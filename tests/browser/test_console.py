@@ -23,7 +23,15 @@ from gateway.server import server_for
 from tests.conftest import ADMIN, Running, free_port
 from tests.fakes.graph_server import FakeGraph
 from tests.services import need_chromium
-from tests.whatsapp.test_channel import ENV, post, sent_wamid, settings, status_webhook, text_webhook, wait_for
+from tests.whatsapp.test_channel import (
+    ENV,
+    post,
+    sent_wamid,
+    settings,
+    status_webhook,
+    text_webhook,
+    wait_for,
+)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 CHROMIUM_ARGS = [
@@ -199,7 +207,9 @@ async def test_operator_takes_over_a_whatsapp_conversation_and_hands_it_back(
         await expect(item.get_by_test_id("unread-count")).to_have_count(0)
         await expect(item.get_by_test_id("session-button")).to_have_attribute("aria-current", "true")
         await expect(page.locator(f"{MESSAGE} [data-testid=message-text]")).to_have_text([first, first])
-        await expect(page.locator(AGENT_MSG)).to_have_attribute("data-status", re.compile("sent|delivered|read"))
+        await expect(page.locator(AGENT_MSG)).to_have_attribute(
+            "data-status", re.compile("sent|delivered|read")
+        )
         await expect(page.get_by_test_id("transcript")).to_have_attribute("aria-live", "polite")
 
         # 3. Take over: the session is paused (as the API sees it) and the UI says so.
@@ -252,9 +262,19 @@ async def test_operator_takes_over_a_whatsapp_conversation_and_hands_it_back(
         await wait_for(lambda: len(graph.sent) == 3)
 
         # 7. The history, in order, as the API and the console both show it.
-        order = [("user", "user"), ("assistant", "agent"), ("assistant", "human"), ("user", "user"), ("assistant", "agent")]
+        order = [
+            ("user", "user"),
+            ("assistant", "agent"),
+            ("assistant", "human"),
+            ("user", "user"),
+            ("assistant", "agent"),
+        ]
         detail = await session_json(g, session_id)
-        history = [(m["role"], m["source"], m["text"]) for m in detail["messages"] if m["role"] in ("user", "assistant")]
+        history = [
+            (m["role"], m["source"], m["text"])
+            for m in detail["messages"]
+            if m["role"] in ("user", "assistant")
+        ]
         assert [(r, s) for r, s, _ in history] == order
         assert [t for _, _, t in history] == [first, first, human, second, second]
         await expect(page.locator(f"{MESSAGE} [data-testid=message-text]")).to_have_text(
@@ -268,7 +288,10 @@ async def test_operator_takes_over_a_whatsapp_conversation_and_hands_it_back(
         async with g.client() as c:
             r = await c.post(
                 "/v1/agents/support/messages",
-                json={"text": "I want a refund for three orders", "contact": {"id": "user-7", "name": "Ada Lovelace"}},
+                json={
+                    "text": "I want a refund for three orders",
+                    "contact": {"id": "user-7", "name": "Ada Lovelace"},
+                },
             )
             assert r.status_code == 200, r.text
             api_session = r.json()["sessionId"]
@@ -280,7 +303,9 @@ async def test_operator_takes_over_a_whatsapp_conversation_and_hands_it_back(
         await expect(ada.get_by_test_id("channel")).to_have_attribute("data-channel", "api")
         await expect(ada.get_by_test_id("paused-badge")).to_be_visible()
         await expect(ada.get_by_test_id("unread-count")).to_have_text("1")
-        await expect(page.get_by_test_id("session-item").first).to_have_attribute("data-session-id", api_session)
+        await expect(page.get_by_test_id("session-item").first).to_have_attribute(
+            "data-session-id", api_session
+        )
 
         # 9. Search by contact.
         await page.get_by_label("Search by contact").fill(CONTACT)
@@ -315,7 +340,9 @@ async def test_operator_takes_over_a_whatsapp_conversation_and_hands_it_back(
         assert last_reply
         error = {"code": 131047, "title": "Re-engagement message", "message": "Re-engagement message"}
         await post(g, status_webhook(await sent_wamid(g, last_reply), "failed", error=error))
-        await expect(page.locator(AGENT_MSG).last.get_by_test_id("ticks")).to_have_attribute("data-status", "failed")
+        await expect(page.locator(AGENT_MSG).last.get_by_test_id("ticks")).to_have_attribute(
+            "data-status", "failed"
+        )
         await box.fill("Are you still there?")
         await page.get_by_role("button", name="Send").click()
         composer_error = page.get_by_test_id("composer-error")
@@ -370,6 +397,8 @@ async def test_the_feed_resumes_with_last_event_id_after_a_gateway_restart(
         # And it is live again.
         await item.get_by_test_id("session-button").click()
         assert (await post(g, text_webhook("wamid.RS3", "and live again"))).status_code == 200
-        await expect(page.locator(f"{AGENT_MSG}[data-state=done]").filter(has_text="and live again")).to_have_count(1)
+        await expect(
+            page.locator(f"{AGENT_MSG}[data-state=done]").filter(has_text="and live again")
+        ).to_have_count(1)
         texts = await page.locator(f"{MESSAGE} [data-testid=message-text]").all_inner_texts()
         assert texts == ["before the restart"] * 2 + ["after the restart"] * 2 + ["and live again"] * 2

@@ -193,13 +193,19 @@ async def test_a_send_that_may_have_gone_out_is_never_retried_blindly(store: Sto
             calls.append(item.idempotency_key)
             raise SendFailed("timeout", "read timed out", retryable=True, maybe_sent=True)
 
-    got = await store.ingest_message(agent_id="support", channel=Channel.WHATSAPP, text="q", contact=alice(),
-                                     endpoint="whatsapp:1")
-    await store.record_reply(session_id=got.session.id, answered=[], events=[],
-                             messages=[NewMessage(id="msg_t", role="assistant", text="a")],
-                             outbox=[OutboxPart(payload={}, part=0, parts=1)])
-    config = ServerConfig(outbox_poll_seconds=0.02, outbox_retry_base_seconds=0.01,
-                          outbox_uncertain_grace_seconds=60)
+    got = await store.ingest_message(
+        agent_id="support", channel=Channel.WHATSAPP, text="q", contact=alice(), endpoint="whatsapp:1"
+    )
+    await store.record_reply(
+        session_id=got.session.id,
+        answered=[],
+        events=[],
+        messages=[NewMessage(id="msg_t", role="assistant", text="a")],
+        outbox=[OutboxPart(payload={}, part=0, parts=1)],
+    )
+    config = ServerConfig(
+        outbox_poll_seconds=0.02, outbox_retry_base_seconds=0.01, outbox_uncertain_grace_seconds=60
+    )
     outbox = Outbox(store, {"whatsapp": TimesOut()}, config)  # type: ignore[dict-item]
     task = asyncio.create_task(outbox.run())
     await asyncio.sleep(0.5)
