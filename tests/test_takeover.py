@@ -137,10 +137,10 @@ async def test_pause_racing_an_inbound_message_gives_a_full_reply_or_none(sqlite
             r = await c.post("/v1/agents/demo/messages", json={"text": "start", "contact": f"race-{round_}"})
             sid = r.json()["sessionId"]
 
-            async def inbound() -> None:
-                await c.post("/v1/agents/demo/messages", json={"text": text, "sessionId": sid}, timeout=5)
+            async def inbound(session_id: str) -> None:
+                await c.post("/v1/agents/demo/messages", json={"text": text, "sessionId": session_id}, timeout=5)
 
-            task = asyncio.create_task(inbound())
+            task = asyncio.create_task(inbound(sid))
             await asyncio.sleep(0.004 * round_)  # pause at every point of the reply, round by round
             await c.post(f"/v1/sessions/{sid}/pause")
             await asyncio.wait_for(task, 10) if not task.done() else None
