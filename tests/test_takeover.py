@@ -138,7 +138,9 @@ async def test_pause_racing_an_inbound_message_gives_a_full_reply_or_none(sqlite
             sid = r.json()["sessionId"]
 
             async def inbound(session_id: str) -> None:
-                await c.post("/v1/agents/demo/messages", json={"text": text, "sessionId": session_id}, timeout=5)
+                await c.post(
+                    "/v1/agents/demo/messages", json={"text": text, "sessionId": session_id}, timeout=5
+                )
 
             task = asyncio.create_task(inbound(sid))
             await asyncio.sleep(0.004 * round_)  # pause at every point of the reply, round by round
