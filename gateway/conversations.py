@@ -284,6 +284,13 @@ class ConversationService:
                         data={"contact": contact},
                     )
                 )
+        if not paused:
+            for sid in changed:  # handed back: the attention request is answered
+                resumed = await self.store.session(sid)
+                if resumed is not None and "attention" in resumed.meta:
+                    await self.store.update_session(
+                        sid, meta={k: v for k, v in resumed.meta.items() if k != "attention"}
+                    )
         if paused and cancel_running:
             for sid in changed:
                 # A reply being streamed stops now: the message gets a full AI reply or none.
@@ -329,6 +336,10 @@ class ConversationService:
         """The agent asked for a person: pause (without cancelling the turn asking) and alert."""
         session = await self.session(session_id)
         await self.set_paused(session.agent_id, True, session_id=session_id, cancel_running=False, by="agent")
+        # Stored on the session so a console opened later still sees who is waiting for a human.
+        await self.store.update_session(
+            session_id, meta={**session.meta, "attention": {"reason": reason, "at": now_ms()}}
+        )
         await self.store.append_events(
             [
                 Event(

@@ -195,6 +195,10 @@ async def test_request_human_tool_pauses_and_alerts(sqlite_url: str) -> None:
             sid = r.json()["sessionId"]
             session = await g.runtime.store.session(sid)
             assert session is not None and session.paused
+            listed = (await c.get(f"/v1/sessions/{sid}")).json()
+            assert listed["attention"]["reason"] == "refund over 500 EUR" and listed["paused"] is True
+            await c.post(f"/v1/sessions/{sid}/resume")
+            assert (await c.get(f"/v1/sessions/{sid}")).json()["attention"] is None
             events = await event_types(g, sid)
     alert = next(e for e in events if e["event"] == "session.attentionRequested")
     assert alert["reason"] == "refund over 500 EUR"

@@ -36,7 +36,8 @@ def session_json(s: SessionRecord) -> dict[str, Any]:
         "endedAt": ended,
         "duration": None if ended is None else round((ended - s.started_at) / 1000, 3),
         "reason": s.end_reason,
-        "metadata": s.meta,
+        "metadata": {k: v for k, v in s.meta.items() if k != "attention"},
+        "attention": s.meta.get("attention"),
     }
 
 

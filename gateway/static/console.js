@@ -117,20 +117,25 @@
     connected: false,
   };
 
-  function saveLocal() {
+  // What a reload of this tab keeps (never the key's copy: that is KEY_STORE): the resume
+  // point of the feed, unread messages and attention requests.
+  function flushLocal() {
     clearTimeout(state.saveTimer);
-    state.saveTimer = setTimeout(() => {
-      if (!state.signedIn) return;
-      const unread = {};
-      const attention = {};
-      for (const s of state.sessions.values()) {
-        if (s.unread.size) unread[s.sessionId] = [...s.unread].slice(-200);
-        if (s.attention) attention[s.sessionId] = s.attention;
-      }
-      try {
-        sessionStorage.setItem(STATE_STORE, JSON.stringify({ lastSeq: feed.lastSeq, unread, attention }));
-      } catch { /* storage full or disabled: the console still works */ }
-    }, 150);
+    state.saveTimer = null;
+    if (!state.signedIn) return;
+    const unread = {};
+    const attention = {};
+    for (const s of state.sessions.values()) {
+      if (s.unread.size) unread[s.sessionId] = [...s.unread].slice(-200);
+      if (s.attention) attention[s.sessionId] = s.attention;
+    }
+    try {
+      sessionStorage.setItem(STATE_STORE, JSON.stringify({ lastSeq: feed.lastSeq, unread, attention }));
+    } catch { /* storage full or disabled: the console still works */ }
+  }
+
+  function saveLocal() {
+    if (state.saveTimer === null) state.saveTimer = setTimeout(flushLocal, 150);
   }
 
   function loadLocal() {
@@ -776,7 +781,17 @@
         break;
       case "message.status": {
         const item = view.items.get(d.messageId);
-        if (item && d.status) setStatus(item, d.status);
+        if (!item || !d.status) break;
+        if (typeof d.parts === "number" && d.parts > 1 && d.status !== "failed") {
+          // A long reply sent in parts: its status is that of its least advanced part.
+          item.parts = item.parts || {};
+          item.parts[d.part ?? 0] = d.status;
+          const seen = Object.values(item.parts);
+          if (seen.length < d.parts) break;
+          setStatus(item, seen.reduce((a, b) => ((STATUS_RANK[a] ?? 0) <= (STATUS_RANK[b] ?? 0) ? a : b)));
+        } else {
+          setStatus(item, d.status);
+        }
         break;
       }
       case "session.paused":
@@ -1212,6 +1227,7 @@
 
   function signOut(message) {
     clearTimeout(state.saveTimer);
+    state.saveTimer = null;
     sessionStorage.removeItem(KEY_STORE);
     sessionStorage.removeItem(STATE_STORE);
     resetState();
@@ -1316,7 +1332,9 @@
 
   // ------------------------------------------------------------------ start
 
+  window.addEventListener("pagehide", flushLocal); // a reload resumes exactly where this left off
   document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "hidden") flushLocal();
     // Coming back to the tab counts as opening the conversation on screen.
     if (document.visibilityState === "visible" && state.selected && isOpen(state.selected)) {
       const s = state.sessions.get(state.selected);

@@ -59,7 +59,8 @@ WATCH_REPLY = """() => {
   const t = document.getElementById('transcript');
   const old = new Set(t.querySelectorAll('[data-testid=message]'));
   const record = () => {
-    const replies = [...t.querySelectorAll('[data-testid=message][data-source=agent]')].filter(r => !old.has(r));
+    const replies = [...t.querySelectorAll('[data-testid=message][data-source=agent]')]
+      .filter(r => !old.has(r));
     if (!replies.length) return;
     const text = replies[replies.length - 1].querySelector('.text').textContent;
     const seen = window.__replyTexts;
@@ -181,6 +182,9 @@ async def test_operator_takes_over_a_whatsapp_conversation_and_hands_it_back(
     async with gateway_on(free_port(), sqlite_url, graph) as g:
         ui = Console(page, g.url, problems)
         await ui.open()
+        await page.get_by_label("API key").fill("sk_not_a_key")
+        await page.get_by_label("API key").press("Enter")
+        await expect(page.get_by_test_id("sign-in-error")).to_contain_text("refused")
         await ui.sign_in()
 
         # The key lives in this tab's sessionStorage only: never in the URL or localStorage.
@@ -402,3 +406,13 @@ async def test_the_feed_resumes_with_last_event_id_after_a_gateway_restart(
         ).to_have_count(1)
         texts = await page.locator(f"{MESSAGE} [data-testid=message-text]").all_inner_texts()
         assert texts == ["before the restart"] * 2 + ["after the restart"] * 2 + ["and live again"] * 2
+
+        # A reload keeps the tab signed in and resumes the feed where it was.
+        seq = await page.evaluate("window.switchboardConsole.lastSeq")
+        feeds.clear()
+        await page.reload()
+        await ui.live()
+        await expect(page.get_by_label("API key")).to_be_hidden()
+        await expect(item.get_by_test_id("session-preview")).to_have_text("AI: and live again")
+        resumed_from = [await r.header_value("last-event-id") for r in feeds]
+        assert len(resumed_from) == 1 and int(resumed_from[0] or -1) >= seq, resumed_from
