@@ -34,7 +34,7 @@ from channels.whatsapp.transcribe import OpenAITranscriber, TranscriptionError
 from gateway import ids
 from gateway.api.http import opt_str, read_body, read_json
 from gateway.delivery import SendFailed
-from gateway.errors import BadRequest, Conflict, NotFound, Unauthorized
+from gateway.errors import BadRequest, ConfigError, Conflict, NotFound, Unauthorized
 from gateway.events import ContactRef, Event, InboundMessage, now_ms
 from gateway.limits import WINDOW_MS
 from gateway.runtime import Runtime
@@ -86,6 +86,12 @@ class WhatsAppChannel:
                         cfg.phone_number_id,
                     )
                 graph = GraphClient(http, base_url=cfg.graph_base_url, version=cfg.graph_version, token=token)
+                if cfg.phone_number_id in self.numbers:
+                    raise ConfigError(
+                        f"agents.{agent_id}.whatsapp: phone_number_id {cfg.phone_number_id} is already "
+                        f"configured for agent {self.numbers[cfg.phone_number_id].agent_id!r} "
+                        "(a number answers for one agent; use dev_routes to send some senders elsewhere)"
+                    )
                 self.numbers[cfg.phone_number_id] = Number(agent_id, cfg, graph, secret)
             if agent.transcriber is not None:
                 t = agent.transcriber

@@ -203,9 +203,11 @@ class AgentConnection:
             session_id = _str(frame, "session_id", max_len=64)
             await self._own(session_id)
             text = frame.get("text")
-            if not isinstance(text, str) or not text.strip() or len(text) > 4096:
+            owner = await self.rt.store.session(session_id)
+            limit = self.rt.directory.get(owner.agent_id).limits.max_text_chars if owner else 4096
+            if not isinstance(text, str) or not text.strip() or len(text) > limit:
                 raise FrameError(
-                    "invalid_frame", "`text` must be a non-empty string of at most 4096 characters"
+                    "invalid_frame", f"`text` must be a non-empty string of at most {limit} characters"
                 )
             author = frame.get("author") if isinstance(frame.get("author"), str) else self.link.name
             message_id = await self.rt.service.send_human(session_id, text, author=str(author)[:128])

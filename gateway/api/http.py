@@ -37,7 +37,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
+async def read_json(request: Request, limit: int, *, body: bytes | None = None) -> dict[str, Any]:
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
         raise BadRequest(
@@ -45,7 +45,8 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
             code="unsupported_media_type",
             status=415,
         ) from None
-    body = await read_body(request, limit)
+    if body is None:
+        body = await read_body(request, limit)
     try:
         obj = json.loads(body) if body else None
     except (ValueError, UnicodeDecodeError, RecursionError):

@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from gateway.api.http import opt_str, read_json
+from gateway.api.http import opt_str, read_body, read_json
 from gateway.api.sessions import session_json
 from gateway.conversations import check_text
 from gateway.errors import NotFound
@@ -64,7 +64,8 @@ class TakeoverRoutes:
         agent = request.path_params["agent"]
         self.rt.directory.get(agent)
         principal.check(agent)
-        body = await read_json(request, 16_384) if int(request.headers.get("content-length") or 0) else {}
+        raw = await read_body(request, 16_384)  # an empty body (no contact) means the whole agent
+        body = await read_json(request, 16_384, body=raw) if raw.strip() else {}
         contact = opt_str(body, "contact", max_len=128)
         changed = await self.rt.service.set_paused(agent, paused, contact=contact)
         out: dict[str, object] = {"agent": agent, "paused": paused, "sessions": changed}

@@ -217,8 +217,9 @@ class OutboxQueries:
             for row in rows:
                 error = {
                     "code": "delivery_unknown",
-                    "message": "the gateway stopped while sending this part; "
-                    "no delivery receipt arrived, so it was not sent again",
+                    "message": "the send's outcome is unknown (the gateway stopped mid-call, or the "
+                    "provider did not answer in time) and no delivery receipt arrived; it was not "
+                    "sent again, so that it cannot arrive twice",
                 }
                 row.status, row.delivery, row.last_error, row.updated_at = "failed", FINAL, error, now
                 events += await self._delivery_changed(s, row, FINAL, error)
