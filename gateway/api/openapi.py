@@ -161,6 +161,70 @@ def openapi_document() -> dict[str, Any]:
                     errors=("401", "404"),
                 ),
             },
+            "/v1/sessions/{session_id}/pause": {
+                "post": _op(
+                    "Take over: pause the AI on this session",
+                    params=[_p("session_id")],
+                    errors=("401", "404", "409"),
+                )
+            },
+            "/v1/sessions/{session_id}/resume": {
+                "post": _op("Hand back to the AI", params=[_p("session_id")], errors=("401", "404", "409"))
+            },
+            "/v1/sessions/{session_id}/messages": {
+                "post": _op(
+                    "Send a message as a human on the session's channel",
+                    ok="201",
+                    params=[_p("session_id")],
+                    body={
+                        "type": "object",
+                        "required": ["text"],
+                        "properties": {"text": {"type": "string"}, "author": {"type": "string"}},
+                    },
+                    errors=("400", "401", "404", "409", "415"),
+                )
+            },
+            "/v1/agents/{agent}/pause": {
+                "post": _op(
+                    "Pause an agent, or one contact with it (`contact`)",
+                    params=[_p("agent")],
+                    errors=("400", "401", "403", "404"),
+                )
+            },
+            "/v1/agents/{agent}/resume": {
+                "post": _op(
+                    "Resume an agent (every level) or one contact",
+                    params=[_p("agent")],
+                    errors=("400", "401", "403", "404"),
+                )
+            },
+            "/v1/contacts/{contact}/sessions": {
+                "get": _op("A contact's sessions", params=[_p("contact")], errors=("401",))
+            },
+            "/v1/sessions/{session_id}/template": {
+                "post": _op(
+                    "Send an approved WhatsApp template (inside or outside the 24-hour window)",
+                    ok="202",
+                    params=[_p("session_id")],
+                    errors=("400", "401", "404", "409", "415"),
+                )
+            },
+            "/v1/agents/{agent}/whatsapp/messages": {
+                "post": _op(
+                    "Start a WhatsApp conversation with a template",
+                    ok="202",
+                    params=[_p("agent")],
+                    errors=("400", "401", "403", "404", "415"),
+                )
+            },
+            "/whatsapp/webhook": {
+                "get": _op("Meta subscription handshake (hub.verify_token)", secured=False, errors=("403",)),
+                "post": _op(
+                    "WhatsApp Cloud API webhook (X-Hub-Signature-256)",
+                    secured=False,
+                    errors=("400", "401", "413"),
+                ),
+            },
             "/healthz": {"get": _op("Liveness", secured=False)},
             "/readyz": {"get": _op("Readiness: database and bus reachable", secured=False, errors=("503",))},
             "/metrics": {"get": _op("Prometheus metrics", secured=False)},
