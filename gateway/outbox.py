@@ -48,9 +48,13 @@ class Outbox:
                 "%d outbox parts were mid-send when the gateway stopped; awaiting their receipts", recovered
             )
         try:
+            loop = asyncio.get_running_loop()
+            next_expiry = 0.0
             while True:
                 self._wake.clear()
-                await self._store.outbox.expire_uncertain()
+                if loop.time() >= next_expiry:  # rare work: not on every wake-up
+                    await self._store.outbox.expire_uncertain()
+                    next_expiry = loop.time() + max(1.0, self._config.outbox_poll_seconds)
                 for item in await self._store.outbox.claim_due(limit=self._config.outbox_concurrency):
                     task = asyncio.create_task(self._deliver(item), name=f"outbox:{item.id}")
                     self._inflight.add(task)

@@ -130,6 +130,14 @@ class OutboxQueries:
         The claim is committed before the provider is called.
         """
         now = now_ms()
+        async with self._read() as r:  # most wake-ups find nothing due: skip the writer lock then
+            due = await r.scalar(
+                select(OutboxRow.id)
+                .where(OutboxRow.status == "pending", OutboxRow.next_attempt_at <= now)
+                .limit(1)
+            )
+        if due is None:
+            return []
         async with self._write() as s:
             busy = set(
                 await s.scalars(
