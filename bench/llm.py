@@ -41,7 +41,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench.clients import HttpConn, WsClient
-from bench.common import HOST, ServerProc, gather_limited, mint_tokens, percentile, running
+from bench.common import (
+    HOST,
+    LoadMonitor,
+    ServerProc,
+    gather_limited,
+    mint_tokens,
+    percentile,
+    running,
+    wait_for_quiet,
+)
 from bench.report import Row, Target
 from bench.serve_fake_llm import expected_text
 
@@ -215,36 +224,57 @@ def _client_cpu() -> float:
 
 
 class Opener:
-    def __init__(self, kind: str, port: int, tokens: list[str] | None = None) -> None:
-        self.kind, self.port, self.tokens = kind, port, tokens
+    """Opens streams; on the gateway, `prepare(n)` first mints the n tokens (they live 60 s)."""
+
+    def __init__(self, kind: str, server: ServerProc) -> None:
+        self.kind, self.server = kind, server
+        self.tokens: list[str] = []
+
+    async def prepare(self, n: int) -> None:
+        if self.kind == "gateway":
+            self.tokens = await mint_tokens(self.server.url, n, agent="llm")
 
     async def __call__(self) -> Stream:
         if self.kind == "direct":
-            return await DirectStream.open(self.port)
-        assert self.tokens
-        return await GatewayStream.open(self.port, self.tokens.pop())
+            return await DirectStream.open(self.server.port)
+        return await GatewayStream.open(self.server.port, self.tokens.pop())
 
 
 async def c1_ttft(open_stream: Opener, p: LlmParams) -> dict[str, Any]:
     text = prompt(p.ttft_tokens, p.ttft_pace_ms)
+    await open_stream.prepare(1)
     s = await open_stream()
     for _ in range(p.warmup):
         await s.ask(text, p.ttft_tokens)
     s.close()
+    await wait_for_quiet()
+    await open_stream.prepare(p.ttft_chats)
+    monitor = LoadMonitor()
+    monitor.start()
     ttft: list[float] = []
     for _ in range(p.ttft_chats):
         s = await open_stream()
         for _ in range(p.ttft_messages):
             ttft.append((await s.ask(text, p.ttft_tokens)).ttft * 1000)
         s.close()
-    return {"ttft_p50_ms": percentile(ttft, 50), "ttft_p99_ms": percentile(ttft, 99), "samples": len(ttft)}
+    return {
+        "ttft_p50_ms": percentile(ttft, 50),
+        "ttft_p99_ms": percentile(ttft, 99),
+        "samples": len(ttft),
+        "background_cores": monitor.stop(),
+    }
 
 
 async def zero_pacing(open_stream: Opener, p: LlmParams) -> dict[str, Any]:
     text = prompt(p.fast_tokens, 0)
+    await open_stream.prepare(1)
     s = await open_stream()
     await s.ask(text, p.fast_tokens)  # warm-up
     s.close()
+    await wait_for_quiet()
+    await open_stream.prepare(p.fast_chats)
+    monitor = LoadMonitor()
+    monitor.start()
     results: list[Result] = []
     for _ in range(p.fast_chats):
         s = await open_stream()
@@ -258,11 +288,14 @@ async def zero_pacing(open_stream: Opener, p: LlmParams) -> dict[str, Any]:
         "stream_tokens_per_s": sum(r.tokens - 1 for r in results) / sum(r.last - r.first for r in results),
         "ttft_p50_ms": percentile([r.ttft * 1000 for r in results], 50),
         "streams": len(results),
+        "background_cores": monitor.stop(),
     }
 
 
 async def paced(open_stream: Opener, p: LlmParams, servers: list[ServerProc]) -> dict[str, Any]:
     text = prompt(p.paced_tokens, p.pace_ms)
+    await wait_for_quiet()
+    await open_stream.prepare(p.chats)
     opened = await gather_limited([open_stream() for _ in range(p.chats)], 50)
     for s in opened:
         if isinstance(s, BaseException):
@@ -271,6 +304,8 @@ async def paced(open_stream: Opener, p: LlmParams, servers: list[ServerProc]) ->
     results: list[Result] = []
     errors: list[str] = []
     rng = random.Random(1)
+    monitor = LoadMonitor()
+    monitor.start()
 
     async def chat(s: Stream) -> None:
         await asyncio.sleep(rng.uniform(0, p.stagger_s))
@@ -287,6 +322,7 @@ async def paced(open_stream: Opener, p: LlmParams, servers: list[ServerProc]) ->
     client0, t0 = _client_cpu(), time.perf_counter()
     await asyncio.gather(*(chat(s) for s in streams))
     wall = time.perf_counter() - t0
+    monitor.stop()
     cores = {srv.kind: (srv.cpu_seconds() - c) / wall for srv, c in zip(servers, cpu0, strict=True)}
     client_cores = (_client_cpu() - client0) / wall
     for s in streams:
@@ -315,12 +351,13 @@ async def paced(open_stream: Opener, p: LlmParams, servers: list[ServerProc]) ->
         "wall_s": wall,
         "server_cores": cores,
         "client_cores": client_cores,
+        "background_cores": monitor.background_cores,
     }
 
 
 async def measure_direct(p: LlmParams, log_dir: Path) -> dict[str, Any]:
     async with running("fake_llm", log_dir) as fake:
-        opener = Opener("direct", fake.port)
+        opener = Opener("direct", fake)
         out = {
             "c1": await c1_ttft(opener, p),
             "fast": await zero_pacing(opener, p),
@@ -338,9 +375,7 @@ async def measure_gateway(
         if flush_ms is not None:
             args += ["--token-flush-ms", f"{flush_ms:g}"]
         async with running("gateway", log_dir, args=args) as gw:
-            needed = 1 + p.ttft_chats + ((2 + p.fast_chats + p.chats) if full else 0)
-            tokens = await mint_tokens(gw.url, needed, agent="llm")
-            opener = Opener("gateway", gw.port, tokens)
+            opener = Opener("gateway", gw)
             out: dict[str, Any] = {"c1": await c1_ttft(opener, p)}
             if full:
                 out["fast"] = await zero_pacing(opener, p)

@@ -43,7 +43,17 @@ from pathlib import Path
 from typing import Any
 
 from bench.clients import HttpConn
-from bench.common import HOST, WA_APP_SECRET, WA_ENV, WA_PNID, ServerProc, percentile, running
+from bench.common import (
+    HOST,
+    WA_APP_SECRET,
+    WA_ENV,
+    WA_PNID,
+    LoadMonitor,
+    ServerProc,
+    percentile,
+    running,
+    wait_for_quiet,
+)
 from bench.report import Row, Target
 
 TEXT = (
@@ -159,8 +169,10 @@ async def load(
     bad: bool = False,
 ) -> dict[str, Any]:
     """C closed-loop connections; counts the responses that arrive within the window."""
+    await wait_for_quiet()
     target = servers[0]
     bodies = Bodies(path, target.port, p, bad=bad)
+    monitor = LoadMonitor()
     conns = [await HttpConn.connect(target.port) for _ in range(concurrency)]
     want = 401 if bad else 200
     latencies: list[float] = []
@@ -176,7 +188,9 @@ async def load(
         await asyncio.sleep(max(0.0, t_start - time.perf_counter()))
         c0 = {s.kind: s.cpu_seconds() for s in servers}
         client0 = _client_cpu()
+        monitor.start()
         await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
+        monitor.stop()
         for s in servers:
             cpu[s.kind] = (s.cpu_seconds() - c0[s.kind]) / seconds
         cpu["client"] = (_client_cpu() - client0) / seconds
@@ -217,6 +231,7 @@ async def load(
         "p99_ms": percentile(latencies, 99),
         "max_ms": max(latencies, default=float("nan")),
         "cores": cpu,
+        "background_cores": monitor.background_cores,  # other processes, during the window
     }
 
 

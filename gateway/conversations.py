@@ -59,8 +59,10 @@ def check_text(text: object, limit: int) -> str:
 class TokenStream:
     """Publishes a reply's deltas as `bot.token` events, coalesced every `flush_s`.
 
-    With `flush_s == 0` every delta is its own event. Otherwise deltas that arrive
-    within the window are sent together (fewer frames; PERFORMANCE.md lesson 3).
+    With `flush_s == 0` every delta is its own event. Otherwise a delta that finds no
+    window open goes out at once (so a slow stream, and every first token, pays no
+    delay) and opens a window; deltas arriving inside it are sent together when it
+    closes (fewer frames for fast streams; PERFORMANCE.md lesson 3).
     """
 
     def __init__(self, bus: Bus, base: Event, flush_s: float) -> None:
@@ -76,9 +78,18 @@ class TokenStream:
         if not self._flush_s:
             self._emit(text)
             return
-        self._buf.append(text)
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._flush_s, self.flush)
+            self._emit(text)
+            self._timer = asyncio.get_running_loop().call_later(self._flush_s, self._window_closed)
+            return
+        self._buf.append(text)
+
+    def _window_closed(self) -> None:
+        self._timer = None
+        if self._buf:  # a burst came in: send it, and keep coalescing
+            text, self._buf = "".join(self._buf), []
+            self._emit(text)
+            self._timer = asyncio.get_running_loop().call_later(self._flush_s, self._window_closed)
 
     def flush(self) -> None:
         if self._timer is not None:
