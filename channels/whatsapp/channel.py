@@ -14,6 +14,7 @@ user's message read with a typing indicator when a turn starts.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -99,6 +100,7 @@ class WhatsAppChannel:
                 self.transcribers[agent_id] = OpenAITranscriber(
                     http, t.base_url, t.model, key, timeout=t.timeout_seconds
                 )
+        self._background: set[asyncio.Task[Any]] = set()
         self.secrets = sorted({n.secret for n in self.numbers.values() if n.secret})
         self.verify_tokens = [n.config.verify_token for n in self.numbers.values() if n.config.verify_token]
 
@@ -141,7 +143,13 @@ class WhatsAppChannel:
             log.warning("whatsapp webhook: %s", problem)
         inbound, extras = self._inbound(batch.objects)
         if inbound:
-            await self.rt.service.receive_many(inbound)
+            for result in await self.rt.service.receive_many(inbound):
+                m = result.message
+                if m is not None and not m.pending and m.text in UNTRANSCRIBED and result.session.paused:
+                    # Paused: no turn will transcribe it, but the operator still wants to read it.
+                    task = asyncio.create_task(self.prepare(result.session, [m]))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
         for change, status in batch.statuses():
             await self._status(change, status)
         for job in extras:

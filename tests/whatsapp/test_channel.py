@@ -527,3 +527,28 @@ async def test_window_expiry_ends_the_session(sqlite_url: str) -> None:
         assert ended is not None and ended.end_reason == "window_expired"
         feed = await events(g, session=session.id)
         assert feed[-1]["event"] == "session.ended" and feed[-1]["reason"] == "window_expired"
+
+
+async def test_voice_notes_are_transcribed_while_paused(sqlite_url: str) -> None:
+    async with FakeOpenAI() as stt:
+        from tests.fakes.scripted_http import Reply
+
+        stt.route(
+            "/v1/audio/transcriptions",
+            lambda _r: Reply(
+                headers={"content-type": "application/json"},
+                pieces=[b'{"text": "call me please"}'],
+                chunked=False,
+            ),
+        )
+        agent = {"transcriber": {"base_url": stt.url, "model": "whisper-1"}}
+        async with whatsapp_gateway(sqlite_url, **agent) as (g, graph), g.client() as c:
+            graph.add_media("2754859441498128", b"OggS-fake-opus", "audio/ogg")
+            await c.post("/v1/agents/support/pause")
+            assert (await post(g, voice_webhook())).status_code == 200
+            session = (await g.runtime.store.sessions(SessionQuery()))[0]
+            async with asyncio.timeout(10):
+                while (await g.runtime.store.messages(session.id))[0].text == "[voice note]":
+                    await asyncio.sleep(0.05)
+            assert (await g.runtime.store.messages(session.id))[0].text == "[voice note] call me please"
+            assert graph.sent == [] and graph.read_marks == []  # no reply, no typing indicator
