@@ -97,8 +97,11 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def run_gateway(settings: Settings, env: dict[str, str] | None = None) -> AsyncIterator[Running]:
-    port = free_port()
+async def run_gateway(
+    settings: Settings, env: dict[str, str] | None = None, port: int | None = None
+) -> AsyncIterator[Running]:
+    """A real uvicorn server on 127.0.0.1 (a fixed `port` lets a test restart it in place)."""
+    port = port or free_port()
     server = server_for(settings, env=env or {}, port=port)
     server.config.log_config = None
     task = asyncio.create_task(server.serve())

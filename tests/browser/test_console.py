@@ -7,7 +7,6 @@ conversation arrive, takes it over, answers as a human and hands it back.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
@@ -19,10 +18,9 @@ import httpx
 import pytest
 from playwright.async_api import Page, Request, Route, async_playwright, expect
 
-from gateway.server import server_for
-from tests.conftest import ADMIN, Running, free_port
+from tests.conftest import ADMIN, Running, free_port, run_gateway
 from tests.fakes.graph_server import FakeGraph
-from tests.services import need_chromium
+from tests.services import CHROMIUM_ARGS, need_chromium
 from tests.whatsapp.test_channel import (
     ENV,
     post,
@@ -34,16 +32,6 @@ from tests.whatsapp.test_channel import (
 )
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WAIT_MS = 15_000
 CONTACT = "16505551234"  # the sender of text_webhook(); its profile name is Sheena Nelson
 
@@ -70,29 +58,11 @@ WATCH_REPLY = """() => {
 }"""
 
 
-@contextlib.asynccontextmanager
-async def gateway_on(port: int, sqlite_url: str, graph: FakeGraph) -> AsyncIterator[Running]:
+def gateway_on(
+    port: int, sqlite_url: str, graph: FakeGraph
+) -> contextlib.AbstractAsyncContextManager[Running]:
     """A gateway with a WhatsApp number (agent `support`, echo) on a fixed port, so it can restart."""
-    server = server_for(settings(sqlite_url, graph, echo_delay_ms=20), env=ENV, port=port)
-    server.config.log_config = None
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(15):
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("server exited during startup")
-            await asyncio.sleep(0.01)
-    running = Running(
-        url=f"http://127.0.0.1:{port}",
-        ws_url=f"ws://127.0.0.1:{port}",
-        runtime=server.runtime,
-        server=server,
-        task=task,
-    )
-    try:
-        yield running
-    finally:
-        await running.stop()
+    return run_gateway(settings(sqlite_url, graph, echo_delay_ms=20), env=ENV, port=port)
 
 
 @dataclass

@@ -16,19 +16,9 @@ import pytest
 from playwright.async_api import Page, Request, async_playwright, expect
 
 from tests.conftest import Running, make_settings, run_gateway
-from tests.services import need_chromium
+from tests.services import CHROMIUM_ARGS, need_chromium
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "demo.png"
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WAIT_MS = 15_000
 MAX_TEXT = 120
 
