@@ -193,6 +193,7 @@ class ConversationService:
         direction: str = "inbound",
         metadata: Mapping[str, Any] | None = None,
         endpoint: str | None = None,
+        session_id: str | None = None,
     ) -> SessionRecord:
         self.directory.get(agent_id)
         session, _ = await self.store.start_session(
@@ -202,6 +203,7 @@ class ConversationService:
             direction=direction,
             meta=dict(metadata or {}),
             endpoint=endpoint,
+            session_id=session_id,
         )
         return session
 
@@ -248,9 +250,11 @@ class ConversationService:
             context[key] = value
         await self.store.update_session(session_id, context=context)
 
-    async def end_session(self, session_id: str, reason: str) -> SessionRecord:
+    async def end_session(
+        self, session_id: str, reason: str, extra: dict[str, Any] | None = None
+    ) -> SessionRecord:
         self.turns.forget(session_id)
-        session, _ = await self.store.end_session(session_id, reason)
+        session, _ = await self.store.end_session(session_id, reason, extra)
         if session is None:
             raise NotFound(f"no session {session_id!r}", code="unknown_session")
         return session

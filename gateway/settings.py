@@ -90,6 +90,52 @@ class WhatsAppNumber(_Model):
     insecure_skip_signature: bool = False  # accept unsigned webhooks for this number (dev only; logged)
 
 
+class TwilioNumber(_Model):
+    """One Twilio number an agent answers on: SMS/MMS and voice, or a `whatsapp:+…` sender."""
+
+    number: str = Field(pattern=r"^(whatsapp:)?\+[1-9][0-9]{4,15}$")
+    account_sid_env: str = "TWILIO_ACCOUNT_SID"
+    auth_token_env: str = "TWILIO_AUTH_TOKEN"
+    api_base_url: str = "https://api.twilio.com"
+    # Phone calls: emit `call.ringing` and let a connected agent process accept or reject.
+    ringing: bool = False
+
+    @property
+    def whatsapp(self) -> bool:
+        return self.number.startswith("whatsapp:")
+
+    @property
+    def e164(self) -> str:
+        return self.number.removeprefix("whatsapp:")
+
+
+class PhoneConfig(_Model):
+    """How an agent sounds and behaves on a phone call (Twilio ConversationRelay)."""
+
+    language: str = "en-US"
+    voice: str | None = None
+    tts_provider: str | None = None
+    transcription_provider: str | None = None
+    speech_model: str | None = None
+    interruptible: Literal["any", "speech", "dtmf", "none"] = "any"
+    dtmf_detection: bool = True
+    hints: list[str] = Field(default_factory=list)
+    # Extra <ConversationRelay> attributes, passed through as written (camelCase).
+    relay_attributes: dict[str, str] = Field(default_factory=dict)
+    # Session limits for calls (0 disables one), as in the product docs.
+    max_duration_seconds: float = Field(default=600, ge=0)
+    idle_timeout_seconds: float = Field(default=60, ge=0)
+    idle_warning_seconds: float = Field(default=15, ge=0)
+    idle_grace_seconds: float = Field(default=10, ge=0)
+    # How long `call.ringing` waits for an agent process to accept or reject (then accepts).
+    ringing_timeout_seconds: float = Field(default=5, gt=0)
+    # How long a call whose relay socket dropped may take to reconnect before its session ends.
+    relay_reconnect_seconds: float = Field(default=30, ge=0)
+    # Built-in call tools offered to the model: `endCall`, and `transferToHuman` when set.
+    end_call_tool: bool = False
+    transfer_to: str | None = Field(default=None, pattern=r"^(\+[1-9][0-9]{4,15}|sip:.+)$")
+
+
 class TranscriberConfig(_Model):
     """An OpenAI-compatible `/audio/transcriptions` endpoint for voice notes."""
 
@@ -129,8 +175,8 @@ class AgentConfig(_Model):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     whatsapp: list[WhatsAppNumber] = Field(default_factory=list)
     transcriber: TranscriberConfig | None = None
-    # Twilio bindings: typed by the Twilio channel; kept as raw tables until then.
-    twilio: list[dict[str, Any]] = Field(default_factory=list)
+    twilio: list[TwilioNumber] = Field(default_factory=list)
+    phone: PhoneConfig = Field(default_factory=PhoneConfig)
 
     @model_validator(mode="after")
     def _answer_has_its_table(self) -> AgentConfig:
@@ -151,6 +197,9 @@ class ServerConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     public_url: str | None = None
+    # Behind a reverse proxy: rebuild the public URL from X-Forwarded-Proto/Host
+    # (Twilio signs the URL it called, not the one the gateway sees).
+    trust_proxy: bool = False
     database_url: str = DEFAULT_DATABASE_URL
     bus_url: str = "memory://"
     admin_key: str | None = None

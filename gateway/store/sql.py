@@ -354,6 +354,7 @@ class Store:
         direction: str = "inbound",
         meta: dict[str, Any] | None = None,
         endpoint: str | None = None,
+        session_id: str | None = None,
     ) -> tuple[SessionRecord, list[Event]]:
         now = now_ms()
         async with self._write() as s:
@@ -365,7 +366,7 @@ class Store:
                 contact=crow,
                 direction=direction,
                 meta=meta or {},
-                session_id=None,
+                session_id=session_id,
                 now=now,
                 endpoint=endpoint,
             )
@@ -905,8 +906,13 @@ class Store:
             await s.flush()
             return _session(row, await _contact_of(s, row))
 
-    async def end_session(self, session_id: str, reason: str) -> tuple[SessionRecord | None, list[Event]]:
-        """End an active session (idempotent: an ended session yields no event)."""
+    async def end_session(
+        self, session_id: str, reason: str, extra: dict[str, Any] | None = None
+    ) -> tuple[SessionRecord | None, list[Event]]:
+        """End an active session (idempotent: an ended session yields no event).
+
+        `extra` adds fields to the `session.ended` event (e.g. a call's own duration).
+        """
         now = now_ms()
         async with self._write() as s:
             row = await s.get(SessionRow, session_id)
@@ -929,6 +935,7 @@ class Store:
                     "reason": reason,
                     "duration": round((now - row.started_at) / 1000, 3),
                     "messageCount": int(count),
+                    **(extra or {}),
                 },
             )
             events = await self._append(s, [ev])

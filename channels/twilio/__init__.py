@@ -1,0 +1,1 @@
+"""Twilio: SMS/MMS and WhatsApp-via-Twilio messaging, and phone calls through ConversationRelay."""
