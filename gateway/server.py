@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from channels.chat.channel import ChatChannel
 from channels.sse.feed import FeedChannel
+from channels.twilio.accounts import TwilioAccounts
 from channels.whatsapp.channel import PROVIDER as WHATSAPP
 from channels.whatsapp.channel import WhatsAppChannel
 from gateway.agents.factory import AgentFactory
@@ -157,6 +158,7 @@ def create_app(
     channel_http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
     whatsapp = WhatsAppChannel(rt, os.environ if env is None else env, channel_http)
     rt.deliveries[WHATSAPP] = whatsapp
+    twilio = TwilioAccounts(rt, os.environ if env is None else env, channel_http)
     routes: list[BaseRoute] = [Route("/v1/tokens", _preflight(rt), methods=["OPTIONS"])]
     for part in (
         TokenRoutes(rt),
