@@ -367,6 +367,72 @@ class ConversationService:
             ]
         )
 
+    async def interrupt(
+        self,
+        session_id: str,
+        message_id: str | None,
+        spoken: str,
+        *,
+        data: Mapping[str, Any] | None = None,
+        emit: EventType = EventType.CALL_INTERRUPTED,
+    ) -> None:
+        """The person cut the reply short (a phone call): keep only what they heard.
+
+        A reply still streaming is cancelled and stored with the `spoken` text as the
+        answer to the pending messages; a reply already stored (the model outran the
+        speech) is cut down to `spoken`, its full text kept in `meta.fullText`.
+        """
+        await self.turns.stop(session_id)
+        session = await self.session(session_id)
+        messages = await self.store.messages(session_id)
+        stored = next((m for m in messages if m.id == message_id), None) if message_id else None
+        info: dict[str, Any] = {"messageId": message_id, "spoken": spoken, **(data or {})}
+        notice = Event(
+            type=emit, agent=session.agent_id, session_id=session_id, channel=session.channel, data=info
+        )
+        if stored is not None:
+            if stored.text != spoken and stored.role == "assistant":
+                await self.store.update_message(
+                    stored.id, text=spoken, meta={"interrupted": True, "fullText": stored.text}
+                )
+            await self.store.append_events([notice])
+            return
+        pending = [m for m in messages if m.pending and m.role == "user"]
+        if message_id is None or not pending:
+            await self.store.append_events([notice])
+            return
+        last = pending[-1].id
+        await self.store.record_reply(
+            session_id=session_id,
+            answered=[m.id for m in pending],
+            messages=[
+                NewMessage(
+                    id=message_id,
+                    role="assistant",
+                    text=spoken,
+                    in_reply_to=last,
+                    meta={"interrupted": True},
+                )
+            ],
+            events=[
+                Event(
+                    type=EventType.BOT_MESSAGE,
+                    agent=session.agent_id,
+                    session_id=session_id,
+                    channel=session.channel,
+                    data={
+                        "messageId": message_id,
+                        "text": spoken,
+                        "source": "agent",
+                        "inReplyTo": last,
+                        "answered": [m.id for m in pending],
+                        "interrupted": True,
+                    },
+                ),
+                notice,
+            ],
+        )
+
     async def resume_pending(self) -> int:
         """After a restart: run the turns whose user messages were never answered."""
         sessions = await self.store.pending_sessions()

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from gateway.agents.factory import AgentFactory
 from gateway.auth import Auth
 from gateway.bus.facade import Bus
+from gateway.calls import CallControl
 from gateway.conversations import ConversationService
 from gateway.delivery import Delivery
 from gateway.directory import AgentDirectory
@@ -31,5 +32,7 @@ class Runtime:
     deliveries: dict[str, Delivery]
     outbox: Outbox
     limits: SessionLimits
+    # Live phone calls (the Twilio voice channel), once the app is composed.
+    calls: CallControl | None = None
     # Set when the server begins to shut down: long-lived connections close cleanly.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)

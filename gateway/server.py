@@ -26,7 +26,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from channels.chat.channel import ChatChannel
 from channels.sse.feed import FeedChannel
+from channels.twilio.accounts import PROVIDER as TWILIO
 from channels.twilio.accounts import TwilioAccounts
+from channels.twilio.messaging import TwilioMessaging
+from channels.twilio.voice import TwilioVoice
 from channels.whatsapp.channel import PROVIDER as WHATSAPP
 from channels.whatsapp.channel import WhatsAppChannel
 from gateway.agents.factory import AgentFactory
@@ -159,6 +162,11 @@ def create_app(
     whatsapp = WhatsAppChannel(rt, os.environ if env is None else env, channel_http)
     rt.deliveries[WHATSAPP] = whatsapp
     twilio = TwilioAccounts(rt, os.environ if env is None else env, channel_http)
+    voice = TwilioVoice(rt, twilio)
+    rt.calls = voice
+    rt.agents.builtins.call_control = voice.control
+    messaging = TwilioMessaging(rt, twilio)
+    rt.deliveries[TWILIO] = messaging
     routes: list[BaseRoute] = [Route("/v1/tokens", _preflight(rt), methods=["OPTIONS"])]
     for part in (
         TokenRoutes(rt),
@@ -169,6 +177,8 @@ def create_app(
         ChatChannel(rt),
         AgentSocket(rt, rt.agents.hub),
         whatsapp,
+        messaging,
+        voice,
         OpsRoutes(rt),
     ):
         routes.extend(part.routes())

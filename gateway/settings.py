@@ -63,6 +63,25 @@ class LimitsConfig(_Model):
     process_reply_timeout_seconds: float = Field(default=120.0, gt=0)
 
 
+END_CALL = "endCall"
+TRANSFER_TO_HUMAN = "transferToHuman"
+CALL_TOOLS = frozenset({END_CALL, TRANSFER_TO_HUMAN})
+END_CALL_TOOL: dict[str, Any] = {
+    "name": END_CALL,
+    "description": "Hang up the phone call once your current reply has been said "
+    "(say goodbye in that reply).",
+    "parameters": {"type": "object", "properties": {}},
+}
+TRANSFER_TO_HUMAN_TOOL: dict[str, Any] = {
+    "name": TRANSFER_TO_HUMAN,
+    "description": "Transfer the phone call to a human colleague once your current reply has been "
+    "said (tell the caller you are connecting them).",
+    "parameters": {
+        "type": "object",
+        "properties": {"reason": {"type": "string", "description": "Why, for the colleague."}},
+    },
+}
+
 REQUEST_HUMAN = "request_human"
 REQUEST_HUMAN_TOOL: dict[str, Any] = {
     "name": REQUEST_HUMAN,
@@ -127,6 +146,8 @@ class PhoneConfig(_Model):
     idle_timeout_seconds: float = Field(default=60, ge=0)
     idle_warning_seconds: float = Field(default=15, ge=0)
     idle_grace_seconds: float = Field(default=10, ge=0)
+    # Said (not stored) at each idle warning, e.g. "Are you still there?"; none by default.
+    idle_message: str | None = None
     # How long `call.ringing` waits for an agent process to accept or reject (then accepts).
     ringing_timeout_seconds: float = Field(default=5, gt=0)
     # How long a call whose relay socket dropped may take to reconnect before its session ends.
@@ -162,10 +183,22 @@ class AgentConfig(_Model):
     @model_validator(mode="before")
     @classmethod
     def _builtin_tools(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("request_human"):
+        if not isinstance(data, dict):
+            return data
+        phone = data.get("phone")
+        if not isinstance(phone, dict):
+            phone = {}
+        wanted = []
+        if data.get("request_human"):
+            wanted.append(REQUEST_HUMAN_TOOL)
+        if phone.get("end_call_tool"):
+            wanted.append(END_CALL_TOOL)
+        if phone.get("transfer_to"):
+            wanted.append(TRANSFER_TO_HUMAN_TOOL)
+        if wanted:
             tools = list(data.get("tools") or [])
-            if not any(isinstance(t, dict) and t.get("name") == REQUEST_HUMAN for t in tools):
-                tools.append(REQUEST_HUMAN_TOOL)
+            names = {t.get("name") for t in tools if isinstance(t, dict)}
+            tools.extend(t for t in wanted if t["name"] not in names)
             data = {**data, "tools": tools}
         return data
 

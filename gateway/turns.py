@@ -63,6 +63,14 @@ class TurnRunner:
         turn.cancel()
         return True
 
+    async def stop(self, session_id: str, wait_seconds: float = 5.0) -> None:
+        """Cancel the running turn and wait until it has unwound (its `finally` blocks ran)."""
+        turn = self._current.get(session_id)
+        if turn is None or turn.done():
+            return
+        turn.cancel()
+        await asyncio.wait([turn], timeout=wait_seconds)
+
     def forget(self, session_id: str) -> None:
         """Cancel the running turn and drop anything queued (the session ended)."""
         self._dirty.discard(session_id)

@@ -17,12 +17,21 @@ from gateway.agents.base import Agent, ToolCall, Turn
 from gateway.agents.echo import EchoAgent
 from gateway.agents.llm import LlmAgent
 from gateway.agents.remote import ProcessAgent, ProcessHub, ProcessToolRunner
-from gateway.agents.tools import HttpToolRunner, RoutingToolRunner, ToolRunner, parse_arguments
+from gateway.agents.tools import (
+    HttpToolRunner,
+    RoutingToolRunner,
+    ToolRunner,
+    error_result,
+    parse_arguments,
+)
 from gateway.agents.webhook import WebhookAgent
-from gateway.errors import AgentError
-from gateway.settings import REQUEST_HUMAN, AgentConfig, ToolConfig
+from gateway.errors import AgentError, GatewayError
+from gateway.settings import CALL_TOOLS, END_CALL, REQUEST_HUMAN, AgentConfig, ToolConfig
+from gateway.types import Channel
 
 LLM_CLIENTS = 4
+# CallControl.control: (session id, action, args, *, after_reply) -> result.
+CallAction = Callable[..., Awaitable[dict[str, Any]]]
 
 
 def _client() -> httpx.AsyncClient:
@@ -34,19 +43,41 @@ def _client() -> httpx.AsyncClient:
 
 
 class BuiltinTools:
-    """Tools the gateway itself implements (`request_human`); everything else passes through."""
+    """Tools the gateway itself implements (`request_human`, and on phone calls `endCall` and
+    `transferToHuman`); everything else passes through."""
 
     def __init__(self, inner: ToolRunner) -> None:
         self._inner = inner
         self.request_human: Callable[[str, str], Awaitable[None]] | None = None
+        self.call_control: CallAction | None = None
 
     async def call(self, turn: Turn, tool: ToolConfig, call: ToolCall) -> Any:
+        if tool.name in CALL_TOOLS and not tool.url:
+            return await self._call_tool(turn, tool, call)
         if tool.name != REQUEST_HUMAN or tool.url or self.request_human is None:
             return await self._inner.call(turn, tool, call)
         arguments = parse_arguments(call)
         reason = arguments.get("reason") if isinstance(arguments, dict) else None
         await self.request_human(turn.session_id, str(reason or "the agent asked for a human"))
         return {"ok": True, "status": "a human operator has been asked to take over this conversation"}
+
+    async def _call_tool(self, turn: Turn, tool: ToolConfig, call: ToolCall) -> Any:
+        if turn.channel != Channel.PHONE or self.call_control is None:
+            return error_result(f"{tool.name} works only during a phone call")
+        if tool.name == END_CALL:
+            action, args = "hangup", {"reason": "closed"}
+        else:
+            to = turn.agent.phone.transfer_to
+            if not to:
+                return error_result("no transfer number is configured (phone.transfer_to)")
+            action, args = "forward", {"to": to}
+        try:
+            await self.call_control(turn.session_id, action, args, after_reply=True)
+        except GatewayError as exc:
+            return error_result(exc.message)
+        if action == "hangup":
+            return {"ok": True, "status": "the call will end after your reply"}
+        return {"ok": True, "status": "the caller will be transferred after your reply"}
 
 
 class AgentFactory:

@@ -215,6 +215,8 @@ class AgentConnection:
             await self.send({**out, **({"request_id": request_id} if request_id is not None else {})})
         elif isinstance(kind, str) and kind.startswith("session."):
             await self._session_command(kind, frame, request_id)
+        elif isinstance(kind, str) and kind.startswith("call."):
+            await self._call_command(kind, frame, request_id)
         elif isinstance(kind, str):
             raise FrameError("unknown_event", f"unknown event {kind[:64]!r}")
         else:
@@ -395,6 +397,40 @@ class AgentConnection:
             await service.end_session(session_id, reason)
         else:
             raise FrameError("unknown_event", f"unknown event {kind[:64]!r}")
+        await self._ok(request_id)
+
+    async def _call_command(self, kind: str, frame: dict[str, Any], request_id: Any) -> None:
+        """Phone calls: answer a `call.ringing`, or steer a live call of one's own agent."""
+        calls = self.rt.calls
+        if calls is None:
+            raise FrameError("no_phone", "this gateway has no phone channel")
+        if kind in ("call.accept", "call.reject"):
+            call_id = _str(frame, "call_id", max_len=64)
+            reason = frame.get("reason")
+            if reason is not None and reason not in ("busy", "rejected"):
+                raise FrameError("invalid_frame", "`reason` must be 'busy' or 'rejected'")
+            if not calls.decide(call_id, kind == "call.accept", reason):
+                raise FrameError("unknown_call", f"call {call_id!r} is not ringing (answered or timed out)")
+            await self._ok(request_id)
+            return
+        actions = {
+            "call.hangup": ("hangup", ()),
+            "call.forward": ("forward", ("to",)),
+            "call.send_digits": ("digits", ("digits",)),
+            "call.set_language": ("language", ("language",)),
+        }
+        if kind not in actions:
+            raise FrameError("unknown_event", f"unknown event {kind[:64]!r}")
+        session_id = _str(frame, "session_id", max_len=64)
+        await self._own(session_id)
+        action, keys = actions[kind]
+        args = {k: frame.get(k) for k in keys}
+        if action == "hangup" and isinstance(frame.get("reason"), str):
+            args["reason"] = frame["reason"]
+        try:
+            await calls.control(session_id, action, args, after_reply=frame.get("after_reply") is True)
+        except GatewayError as exc:
+            raise FrameError(exc.code, exc.message) from None
         await self._ok(request_id)
 
     # ----------------------------------------------------------------- writer

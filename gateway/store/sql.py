@@ -73,6 +73,7 @@ class NewMessage:
     parts: list[Any] = field(default_factory=list)
     in_reply_to: str | None = None
     author: str | None = None
+    meta: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -540,6 +541,17 @@ class Store:
                 return None
             return _session(row, await _contact_of(s, row))
 
+    async def session_by_endpoint(self, endpoint: str) -> SessionRecord | None:
+        """The latest session bound to a provider endpoint (e.g. a phone call's `twilio-voice:<CallSid>`)."""
+        async with self._read() as s:
+            row = await s.scalar(
+                select(SessionRow)
+                .where(SessionRow.endpoint == endpoint)
+                .order_by(SessionRow.started_at.desc())
+                .limit(1)
+            )
+            return None if row is None else _session(row, await _contact_of(s, row))
+
     async def sessions(self, q: SessionQuery) -> list[SessionRecord]:
         stmt = select(SessionRow, ContactRow).outerjoin(ContactRow, SessionRow.contact_id == ContactRow.id)
         if q.agent is not None:
@@ -638,6 +650,7 @@ class Store:
                         in_reply_to=m.in_reply_to,
                         pending=False,
                         author=m.author,
+                        meta=m.meta,
                         created_at=now + i,
                     )
                 )
@@ -893,7 +906,7 @@ class Store:
             return True
 
     async def update_session(self, session_id: str, **values: Any) -> SessionRecord | None:
-        allowed = {"context", "prompt_vars", "prompt", "meta", "paused"}
+        allowed = {"context", "prompt_vars", "prompt", "meta", "paused", "endpoint"}
         bad = set(values) - allowed
         if bad:
             raise ValueError(f"not updatable: {sorted(bad)}")

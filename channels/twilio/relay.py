@@ -1,0 +1,295 @@
+"""One ConversationRelay WebSocket: a live phone call of one session.
+
+Twilio does the speech; this connection turns its `prompt`s into user turns and
+the session's bus events into `text` tokens. One task group per socket (a reader,
+a writer, the call-limit watchdog and a shutdown watcher); control frames from
+agents and the API go out through `send`, serialized with the writer's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketState
+
+from channels.twilio import relay_protocol as rp
+from gateway.bus.base import Subscription, SubscriptionClosed
+from gateway.codec import dumps
+from gateway.errors import GatewayError
+from gateway.events import Event, InboundMessage, now_ms
+from gateway.runtime import Runtime
+from gateway.settings import PhoneConfig
+from gateway.store.records import SessionRecord
+from gateway.tasks import first_completed
+from gateway.types import Channel, EventType
+
+log = logging.getLogger("gateway.twilio.relay")
+
+MAX_RECORDED_BAD_FRAMES = 20  # per call: enough to debug, never a flood of events
+SPEECH_CHARS_PER_SECOND = 15.0  # to wait for a goodbye to be spoken before `end`
+MAX_SPEECH_WAIT = 10.0
+
+
+class RelayConnection:
+    def __init__(
+        self,
+        ws: WebSocket,
+        rt: Runtime,
+        session: SessionRecord,
+        *,
+        call_sid: str,
+        answered_at_ms: int,
+        on_finish: Callable[[str, str, dict[str, Any] | None], Awaitable[None]],
+    ) -> None:
+        self.ws = ws
+        self.rt = rt
+        self.session = session
+        self.sid = session.id
+        self.call_sid = call_sid
+        self.phone: PhoneConfig = rt.directory.get(session.agent_id).phone
+        self.answered_at_ms = answered_at_ms
+        self._on_finish = on_finish
+        self._send_lock = asyncio.Lock()
+        # The reply Twilio is saying (or last said): an interrupt cuts this one.
+        self.speaking: str | None = None
+        self._streamed: dict[str, list[str]] = {}  # message id -> tokens sent
+        self._open_cycle: str | None = None  # a reply whose `last: true` is still owed
+        self._partial = ""
+        self._bad_frames = 0
+        self._idle = 0.0
+        self._warned = False
+        self._final_warned = False
+        self.ended = False  # an `end` went out (or the session ended): nothing more is said
+        # An action to run once the reply being spoken is complete (endCall from a tool).
+        self.after_reply: tuple[str, dict[str, Any]] | None = None
+        self._after_reply_task: asyncio.Task[None] | None = None
+
+    # ---------------------------------------------------------------- sending
+
+    async def send(self, frame: dict[str, Any]) -> bool:
+        async with self._send_lock:
+            if self.ws.application_state != WebSocketState.CONNECTED:
+                return False
+            try:
+                await self.ws.send_text(dumps(frame))
+            except Exception:  # the peer went away mid-send; the reader notices
+                return False
+            return True
+
+    async def end(self, handoff: dict[str, Any]) -> None:
+        """Tell Twilio to end the relay session; `handoff` comes back in the action callback."""
+        if self.ended:
+            return
+        self.ended = True
+        await self.send(rp.end(handoff))
+
+    # ------------------------------------------------------------------- run
+
+    async def run(self, sub: Subscription) -> None:
+        await first_completed(self._reader(), self._writer(sub), self._watchdog(), self._stopping())
+
+    async def _stopping(self) -> None:
+        await self.rt.stopping.wait()
+        # Twilio calls the action URL; the restarted gateway can reconnect the call there.
+        await self.ws.close(1001, "server shutting down")
+
+    async def _reader(self) -> None:
+        while True:
+            msg = await self.ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            raw = msg.get("text")
+            if raw is None:
+                raw = msg.get("bytes") or b""
+            try:
+                frame = rp.parse_frame(raw)
+            except rp.FrameError as exc:
+                await self._bad_frame(str(exc))
+                continue
+            try:
+                await self._handle(frame)
+            except GatewayError as exc:  # e.g. the session ended under us: the call goes on
+                log.info("relay frame not applied: %s", exc.message, extra={"session_id": self.sid})
+
+    async def _bad_frame(self, problem: str) -> None:
+        self._bad_frames += 1
+        log.warning("malformed relay frame: %s", problem, extra={"session_id": self.sid})
+        if self._bad_frames <= MAX_RECORDED_BAD_FRAMES:
+            await self._event(EventType.SESSION_ERROR, {"code": "bad_relay_frame", "message": problem})
+
+    async def _handle(self, frame: rp.Frame) -> None:
+        if isinstance(frame, rp.Prompt):
+            self._activity()
+            if not frame.last:
+                self._partial = frame.text  # partial prompts carry the utterance so far
+                return
+            text, self._partial = (frame.text or self._partial).strip(), ""
+            if not text:
+                return
+            meta = {"lang": frame.lang} if frame.lang else None
+            await self.rt.service.receive(
+                InboundMessage(
+                    agent=self.session.agent_id,
+                    channel=Channel.PHONE,
+                    session_id=self.sid,
+                    contact=None,
+                    text=text,
+                    message_meta=meta or {},
+                )
+            )
+        elif isinstance(frame, rp.Interrupt):
+            message_id, self.speaking = self.speaking, None
+            if message_id is not None:
+                self._close_cycle(message_id)
+            await self.rt.service.interrupt(
+                self.sid,
+                message_id,
+                frame.spoken,
+                data={"durationUntilInterruptMs": frame.duration_ms},
+            )
+        elif isinstance(frame, rp.Dtmf):
+            self._activity()
+            await self._event(EventType.CALL_DTMF, {"digit": frame.digit})
+        elif isinstance(frame, rp.RelayError):
+            log.warning("ConversationRelay error: %s", frame.description, extra={"session_id": self.sid})
+            await self._event(EventType.SESSION_ERROR, {"code": "relay_error", "message": frame.description})
+        elif isinstance(frame, rp.Setup):
+            log.info("a second setup on one relay socket ignored", extra={"session_id": self.sid})
+        else:
+            log.debug("relay message %r ignored", frame.type, extra={"session_id": self.sid})
+
+    def _activity(self) -> None:
+        # Only the caller's own speech (or keys) resets the idle clock.
+        self._idle = 0.0
+        self._warned = self._final_warned = False
+
+    async def _event(self, type_: EventType, data: dict[str, Any]) -> None:
+        await self.rt.store.append_events(
+            [Event(type=type_, agent=self.session.agent_id, session_id=self.sid, channel="phone", data=data)]
+        )
+
+    # ---------------------------------------------------------------- writer
+
+    async def _writer(self, sub: Subscription) -> None:
+        while True:
+            try:
+                raw = await sub.get()
+            except SubscriptionClosed:
+                # Fell behind (should not happen at speech rates): the call goes on, the
+                # reply in flight may be cut; closing would hang up on the caller.
+                log.warning("relay fell behind its session feed", extra={"session_id": self.sid})
+                return
+            header, _, body = raw.partition(b"\n")
+            kind = header[: header.index(b"\t")]
+            if kind == b"bot.token":
+                obj = json.loads(body)
+                mid = obj["messageId"]
+                if self.ended:
+                    continue
+                self.speaking = self._open_cycle = mid
+                self._streamed.setdefault(mid, []).append(obj["text"])
+                await self.send(rp.text(obj["text"], False))
+            elif kind == b"bot.message":
+                obj = json.loads(body)
+                await self._bot_message(obj)
+            elif kind == b"bot.cancelled":
+                obj = json.loads(body)
+                if self._open_cycle == obj.get("messageId"):
+                    self._open_cycle = None
+                    await self.send(rp.text("", True))
+            elif kind == b"session.ended":
+                obj = json.loads(body)
+                if not self.ended:
+                    self.ended = True
+                    await self.send(rp.end({"reason": obj.get("reason")}))
+                return
+
+    async def _bot_message(self, obj: dict[str, Any]) -> None:
+        mid = obj.get("messageId")
+        if self.ended or obj.get("greeting") or obj.get("interrupted"):
+            if obj.get("greeting"):
+                self.speaking = mid  # Twilio says the welcome greeting itself
+            return
+        text = obj.get("text") or ""
+        if obj.get("source") == "human" or mid not in self._streamed:
+            # An operator's words, or a reply that came whole (no deltas): say it in one go.
+            if text.strip():
+                self.speaking = mid
+                await self.send(rp.text(text, True))
+        elif self._open_cycle == mid:
+            self._open_cycle = None
+            await self.send(rp.text("", True))
+        if isinstance(mid, str):
+            self._streamed.pop(mid, None)
+        if self.after_reply is not None and obj.get("source") != "human":
+            action, args = self.after_reply
+            self.after_reply = None
+            wait = min(MAX_SPEECH_WAIT, len(text) / SPEECH_CHARS_PER_SECOND)
+            self._after_reply_task = asyncio.create_task(self._later(wait, action, args))
+
+    async def _later(self, seconds: float, action: str, args: dict[str, Any]) -> None:
+        await asyncio.sleep(seconds)
+        await self._on_finish(action, self.sid, args)
+
+    def _close_cycle(self, message_id: str) -> None:
+        if self._open_cycle == message_id:
+            self._open_cycle = None
+
+    def streamed_text(self) -> tuple[str | None, str]:
+        """The reply being streamed when the socket dropped, and what of it went out."""
+        mid = self._open_cycle
+        return mid, "".join(self._streamed.get(mid, [])) if mid else ""
+
+    # -------------------------------------------------------------- watchdog
+
+    async def _watchdog(self) -> None:
+        """Call limits: max duration, and idle timeout with warnings and a grace period.
+
+        Idle time only accrues while no reply is being produced: the agent talking
+        pauses the clock, only the caller's speech resets it (product docs).
+        """
+        phone = self.phone
+        idle_limit = phone.idle_timeout_seconds
+        tick = max(0.05, min(1.0, (idle_limit or 10.0) / 20))
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            dt, last = now - last, now
+            if self.ended:
+                return
+            if phone.max_duration_seconds and (
+                now_ms() - self.answered_at_ms >= phone.max_duration_seconds * 1000
+            ):
+                await self._on_finish("timeout", self.sid, {"reason": "max_duration"})
+                return
+            if not idle_limit or self.rt.service.turns.busy(self.sid):
+                continue
+            self._idle += dt
+            warn_at = max(0.0, idle_limit - phone.idle_warning_seconds)
+            if phone.idle_warning_seconds and not self._warned and self._idle >= warn_at:
+                self._warned = True
+                await self._idle_warning(idle_limit - self._idle)
+            if not self._final_warned and self._idle >= idle_limit:
+                self._final_warned = True
+                self._warned = True
+                await self._idle_warning(phone.idle_grace_seconds, final=True)
+            if self._idle >= idle_limit + phone.idle_grace_seconds:
+                await self._on_finish("timeout", self.sid, {"reason": "idle_timeout"})
+                return
+
+    async def _idle_warning(self, remaining: float, *, final: bool = False) -> None:
+        data: dict[str, Any] = {
+            "remainingSeconds": round(max(0.0, remaining), 1),
+            "idleTimeoutSeconds": self.phone.idle_timeout_seconds,
+        }
+        if final:
+            data["final"] = True
+        await self._event(EventType.SESSION_IDLE_WARNING, data)
+        if self.phone.idle_message and not self.rt.service.turns.busy(self.sid):
+            await self.send(rp.text(self.phone.idle_message, True))

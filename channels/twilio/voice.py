@@ -1,0 +1,655 @@
+"""Phone calls through Twilio ConversationRelay: webhooks, the relay socket, call control.
+
+    POST /twilio/voice          incoming call -> TwiML <Connect><ConversationRelay> (or <Reject/>)
+    WS   /twilio/relay          the call's conversation (see relay.py)
+    POST /twilio/voice/action   <Connect action>: after the relay ends -> <Dial>, <Hangup/> or reconnect
+    POST /twilio/voice/status   call status callbacks -> session.ended with the call's reason
+    POST /v1/calls              place an outbound call
+    POST /v1/calls/{id}/{hangup|forward|digits|language}
+
+Every Twilio request (and the relay handshake) is checked against X-Twilio-Signature
+before anything is stored. A call's session is `call-…`; its endpoint is
+`twilio-voice:<CallSid>`, which the status callback finds it by.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from channels.twilio import relay_protocol as rp
+from channels.twilio import twiml
+from channels.twilio.accounts import VOICE, Binding, TwilioAccounts, read_form
+from channels.twilio.errors import TwilioError
+from channels.twilio.relay import RelayConnection
+from channels.twilio.signature import matching_token, public_url
+from gateway import ids
+from gateway.api.http import opt_str, read_json
+from gateway.calls import CALL_ACTIONS
+from gateway.errors import AgentError, BadRequest, Conflict, GatewayError, NotFound, Unauthorized
+from gateway.events import ContactRef, Event, now_ms
+from gateway.runtime import Runtime
+from gateway.store.records import SessionRecord
+from gateway.store.sql import NewMessage
+from gateway.types import Channel, EventType
+
+log = logging.getLogger("gateway.twilio.voice")
+
+E164 = re.compile(r"^\+[1-9][0-9]{4,15}$")
+DIGITS = re.compile(r"^[0-9w#*]{1,64}$")
+LANGUAGE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+UNROUTABLE = "_unroutable"
+# CallStatus (final ones) -> session.ended reason.
+END_REASONS = {
+    "completed": "hangup",
+    "busy": "busy",
+    "no-answer": "no_answer",
+    "failed": "failed",
+    "canceled": "canceled",
+}
+MAX_RECONNECTS = 3
+CREATE_CALL_ATTEMPTS = 3
+
+
+def _xml(body: str) -> Response:
+    return Response(body, media_type=twiml.XML)
+
+
+class TwilioVoice:
+    def __init__(self, runtime: Runtime, accounts: TwilioAccounts) -> None:
+        self.rt = runtime
+        self.accounts = accounts
+        self.live: dict[str, RelayConnection] = {}
+        self._ringing: dict[str, asyncio.Future[tuple[bool, str | None]]] = {}
+        self._dropped: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/twilio/voice", self.incoming, methods=["POST"]),
+            Route("/twilio/voice/action", self.action, methods=["POST"]),
+            Route("/twilio/voice/status", self.status, methods=["POST"]),
+            WebSocketRoute("/twilio/relay", self.relay),
+            Route("/v1/calls", self.dial, methods=["POST"]),
+            Route("/v1/calls/{session_id}/{action}", self.control_route, methods=["POST"]),
+        ]
+
+    # ------------------------------------------------------------ webhooks
+
+    async def _signed_form(self, request: Request) -> Mapping[str, str]:
+        form = await read_form(request)
+        url = public_url(request.url, request.headers, self.rt.settings.server)
+        tokens = self.accounts.tokens_for(form.get("AccountSid"))
+        if matching_token(url, form, request.headers.get("x-twilio-signature"), tokens) is None:
+            log.warning("refused a Twilio request to %s: invalid or missing X-Twilio-Signature", url)
+            raise Unauthorized("invalid or missing X-Twilio-Signature", code="invalid_signature")
+        return form
+
+    def _base(self, request: Request) -> tuple[str, str]:
+        """(https base, wss base) of the gateway as Twilio reaches it."""
+        url = public_url(request.url, request.headers, self.rt.settings.server)
+        scheme, rest = url.split("://", 1)
+        host = rest.split("/", 1)[0]
+        return f"{scheme}://{host}", f"{'wss' if scheme == 'https' else 'ws'}://{host}"
+
+    def _relay_twiml(
+        self,
+        base: tuple[str, str],
+        *,
+        agent_id: str,
+        session_id: str,
+        direction: str,
+        greeting: str | None,
+        language: str | None = None,
+    ) -> str:
+        http, ws = base
+        params = {"sessionId": session_id, "agent": agent_id, "direction": direction}
+        return twiml.relay(
+            relay_url=f"{ws}/twilio/relay",
+            action_url=f"{http}/twilio/voice/action",
+            phone=self.rt.directory.get(agent_id).phone,
+            greeting=greeting,
+            parameters=params,
+            language=language,
+        )
+
+    async def incoming(self, request: Request) -> Response:
+        form = await self._signed_form(request)
+        call_sid, caller, called = form.get("CallSid"), form.get("From"), form.get("To")
+        if not call_sid or not caller or not called:
+            raise BadRequest("CallSid, From and To are required", code="missing_parameters")
+        binding = self.accounts.get(called)
+        if binding is None or binding.config.whatsapp:
+            log.warning("call %s to unconfigured number %s: rejected", call_sid, called)
+            await self.rt.store.append_events(
+                [
+                    Event(
+                        type="webhook.unroutable",
+                        agent=UNROUTABLE,
+                        channel="phone",
+                        data={"callSid": call_sid, "from": caller, "to": called},
+                    )
+                ]
+            )
+            return _xml(twiml.reject("rejected"))
+        agent_id = self.accounts.route(binding, caller)
+        config = self.rt.directory.get(agent_id)
+        if binding.config.ringing:
+            accepted, reason = await self._screen(agent_id, call_sid, caller, called)
+            if not accepted:
+                return _xml(twiml.reject(reason or "busy"))
+        return _xml(
+            self._relay_twiml(
+                self._base(request),
+                agent_id=agent_id,
+                session_id=ids.session_id(Channel.PHONE),
+                direction="inbound",
+                greeting=config.greeting,
+            )
+        )
+
+    async def _screen(
+        self, agent_id: str, call_sid: str, caller: str, called: str
+    ) -> tuple[bool, str | None]:
+        """`call.ringing`: a connected agent process may accept or reject; silence accepts."""
+        if self.rt.agents.hub.current(agent_id) is None:
+            return True, None  # nobody to ask: auto-accept at once
+        future: asyncio.Future[tuple[bool, str | None]] = asyncio.get_running_loop().create_future()
+        self._ringing[call_sid] = future
+        data = {"callId": call_sid, "from": caller, "to": called}
+        try:
+            await self.rt.store.append_events(
+                [Event(type=EventType.CALL_RINGING, agent=agent_id, channel="phone", data=data)]
+            )
+            timeout = self.rt.directory.get(agent_id).phone.ringing_timeout_seconds
+            try:
+                accepted, reason = await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                log.info("call %s: no ringing decision in %.1fs; accepted", call_sid, timeout)
+                return True, None
+        finally:
+            self._ringing.pop(call_sid, None)
+        if not accepted:
+            await self.rt.store.append_events(
+                [
+                    Event(
+                        type="call.rejected",
+                        agent=agent_id,
+                        channel="phone",
+                        data={**data, "reason": reason or "busy"},
+                    )
+                ]
+            )
+        return accepted, reason
+
+    def decide(self, call_id: str, accept: bool, reason: str | None) -> bool:
+        future = self._ringing.get(call_id)
+        if future is None or future.done():
+            return False
+        future.set_result((accept, reason))
+        return True
+
+    async def action(self, request: Request) -> Response:
+        """Twilio asks what to do once the relay session is over."""
+        form = await self._signed_form(request)
+        call_sid = form.get("CallSid", "")
+        session = await self._call_session(call_sid, request.query_params.get("session"))
+        handoff: dict[str, Any] = {}
+        raw = form.get("HandoffData")
+        if raw:
+            try:
+                parsed = json.loads(raw)
+                handoff = parsed if isinstance(parsed, dict) else {}
+            except ValueError:
+                log.warning("call %s: HandoffData is not JSON: %.100r", call_sid, raw)
+        if handoff.get("action") == "forward" and isinstance(handoff.get("to"), str):
+            return _xml(twiml.dial(handoff["to"]))
+        if handoff:
+            return _xml(twiml.hangup())
+        call_status = form.get("CallStatus", "")
+        error = form.get("ErrorCode")
+        if (
+            session is not None
+            and session.active
+            and call_status == "in-progress"
+            and (error or form.get("SessionStatus") == "failed")
+        ):
+            reconnects = int(session.meta.get("reconnects", 0))
+            if reconnects < MAX_RECONNECTS:
+                # The relay dropped (our restart, a network cut): connect the call again.
+                log.info("call %s: relay failed (%s); reconnecting", call_sid, error)
+                await self.rt.store.update_session(
+                    session.id, meta={**session.meta, "reconnects": reconnects + 1}
+                )
+                return _xml(
+                    self._relay_twiml(
+                        self._base(request),
+                        agent_id=session.agent_id,
+                        session_id=session.id,
+                        direction=session.direction,
+                        greeting=None,
+                        language=session.meta.get("language"),
+                    )
+                )
+        if session is not None and session.active:
+            reason = END_REASONS.get(call_status, "failed" if error else "hangup")
+            extra = {"error": {"code": error, "message": form.get("ErrorMessage")}} if error else None
+            await self.rt.service.end_session(session.id, reason, extra)
+        return _xml(twiml.hangup())
+
+    async def status(self, request: Request) -> Response:
+        form = await self._signed_form(request)
+        call_sid = form.get("CallSid")
+        call_status = form.get("CallStatus", "")
+        if not call_sid or not call_status:
+            raise BadRequest("CallSid and CallStatus are required", code="missing_parameters")
+        session = await self._call_session(call_sid, request.query_params.get("session"))
+        reason = END_REASONS.get(call_status)
+        if session is not None and reason is not None and session.active:
+            extra: dict[str, Any] = {"callStatus": call_status}
+            duration = form.get("CallDuration")
+            if duration and duration.isdigit():
+                extra["duration"] = int(duration)  # the call's own length, as Twilio measured it
+            if form.get("SipResponseCode"):
+                extra["sipResponseCode"] = form.get("SipResponseCode")
+            await self.rt.service.end_session(session.id, reason, extra)
+        return Response(status_code=204)
+
+    async def _call_session(self, call_sid: str | None, session_id: str | None) -> SessionRecord | None:
+        if session_id:
+            found = await self.rt.store.session(session_id)
+            if found is not None and found.meta.get("callSid") in (None, call_sid):
+                return found
+        if not call_sid:
+            return None
+        return await self.rt.store.session_by_endpoint(f"{VOICE}:{call_sid}")
+
+    # --------------------------------------------------------------- relay
+
+    async def relay(self, ws: WebSocket) -> None:
+        gauge = self.rt.metrics.websockets.labels("twilio_relay")
+        gauge.inc()
+        try:
+            await self._relay(ws)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            gauge.dec()
+
+    async def _relay(self, ws: WebSocket) -> None:
+        await ws.accept()
+        url = public_url(ws.url, ws.headers, self.rt.settings.server, websocket=True)
+        if matching_token(url, {}, ws.headers.get("x-twilio-signature"), self.accounts.tokens) is None:
+            log.warning("refused a relay socket to %s: invalid or missing X-Twilio-Signature", url)
+            await ws.close(4401, "invalid or missing X-Twilio-Signature")
+            return
+        try:
+            async with asyncio.timeout(15):
+                msg = await ws.receive()
+        except TimeoutError:
+            await ws.close(1008, "no setup message")
+            return
+        if msg["type"] == "websocket.disconnect":
+            return
+        try:
+            setup = rp.parse_frame(msg.get("text") or msg.get("bytes") or b"")
+        except rp.FrameError as exc:
+            await ws.close(1008, f"the first message must be setup ({exc})")
+            return
+        if not isinstance(setup, rp.Setup):
+            await ws.close(1008, "the first message must be setup")
+            return
+        session = await self._attach(setup)
+        if session is None:
+            await ws.send_text(json.dumps(rp.end({"reason": "unknown"})))
+            await ws.close(1000, "no agent for this call")
+            return
+        answered = int(session.meta.get("answeredAt") or now_ms())
+        conn = RelayConnection(
+            ws, self.rt, session, call_sid=setup.call_sid, answered_at_ms=answered, on_finish=self._finish
+        )
+        previous = self.live.get(session.id)
+        self.live[session.id] = conn
+        dropped = self._dropped.pop(session.id, None)
+        if dropped is not None:
+            dropped.cancel()
+        if previous is not None:
+            previous.ended = True
+        try:
+            async with self.rt.bus.subscribe_session(
+                session.id, self.rt.settings.server.chat_buffer_frames
+            ) as sub:
+                pending = [m for m in await self.rt.store.messages(session.id) if m.pending]
+                if pending:
+                    self.rt.service.turns.submit(session.id)  # reconnected: answer what was left
+                await conn.run(sub)
+        finally:
+            if self.live.get(session.id) is conn:
+                del self.live[session.id]
+            await self._after_socket(conn)
+
+    async def _attach(self, setup: rp.Setup) -> SessionRecord | None:
+        """The call's session: the one named by the TwiML parameters, else a new one."""
+        params = setup.parameters
+        sid = params.get("sessionId") or ""
+        existing = await self.rt.store.session(sid) if sid else None
+        if existing is not None:
+            known = dict(existing.meta)
+            changed = False
+            if "answeredAt" not in known:
+                known["answeredAt"], changed = now_ms(), True
+            if known.get("callSid") != setup.call_sid:
+                known["callSid"], changed = setup.call_sid, True
+            if changed:
+                existing = (
+                    await self.rt.store.update_session(
+                        existing.id, meta=known, endpoint=f"{VOICE}:{setup.call_sid}"
+                    )
+                    or existing
+                )
+            if existing.active and not any(m.role == "assistant" for m in await self.rt.store.messages(sid)):
+                await self._greeting(existing, params.get("greeting") or existing.meta.get("greeting"))
+            return existing if existing.active else None
+        agent_id = params.get("agent") or ""
+        direction = params.get("direction") or ("outbound" if "outbound" in setup.direction else "inbound")
+        if agent_id not in self.rt.directory:
+            binding = self.accounts.get(setup.to if direction == "inbound" else setup.from_)
+            if binding is None:
+                log.warning("relay setup for call %s names no known agent", setup.call_sid)
+                return None
+            agent_id = self.accounts.route(binding, setup.from_)
+        caller = setup.from_ if direction == "inbound" else setup.to
+        ours = setup.to if direction == "inbound" else setup.from_
+        meta: dict[str, Any] = {
+            "callSid": setup.call_sid,
+            "relaySessionId": setup.session_id,
+            "from": setup.from_,
+            "to": setup.to,
+            "number": ours,
+            "answeredAt": now_ms(),
+        }
+        if setup.caller_name:
+            meta["callerName"] = setup.caller_name
+        if setup.forwarded_from:
+            meta["forwardedFrom"] = setup.forwarded_from
+        session = await self.rt.service.start_session(
+            agent_id=agent_id,
+            channel=Channel.PHONE,
+            contact=ContactRef(channel=Channel.PHONE, address=caller, name=setup.caller_name)
+            if caller
+            else None,
+            direction=direction,
+            metadata=meta,
+            endpoint=f"{VOICE}:{setup.call_sid}",
+            session_id=sid if sid.startswith("call-") and len(sid) <= 64 else None,
+        )
+        await self._greeting(session, self.rt.directory.get(agent_id).greeting)
+        return session
+
+    async def _greeting(self, session: SessionRecord, greeting: str | None) -> None:
+        """Twilio says the welcome greeting; it is stored so the agent knows it was said."""
+        if not greeting:
+            return
+        message_id = ids.message_id()
+        await self.rt.store.record_reply(
+            session_id=session.id,
+            answered=[],
+            messages=[NewMessage(id=message_id, role="assistant", text=greeting, meta={"greeting": True})],
+            events=[
+                Event(
+                    type=EventType.BOT_MESSAGE,
+                    agent=session.agent_id,
+                    session_id=session.id,
+                    channel=session.channel,
+                    data={"messageId": message_id, "text": greeting, "source": "agent", "greeting": True},
+                )
+            ],
+        )
+
+    async def _after_socket(self, conn: RelayConnection) -> None:
+        """The socket is gone: settle the reply it was saying; end the session if the call is over."""
+        sid = conn.sid
+        if self.rt.stopping.is_set():
+            return  # the reply stays pending; Twilio's action callback reconnects after the restart
+        mid, said = conn.streamed_text()
+        if mid is not None or self.rt.service.turns.busy(sid):
+            try:
+                await self.rt.service.interrupt(sid, mid, said, data={"reason": "disconnected"})
+            except GatewayError:
+                pass
+        if conn.ended:
+            return
+        session = await self.rt.store.session(sid)
+        if session is None or not session.active:
+            return
+        wait = self.rt.directory.get(session.agent_id).phone.relay_reconnect_seconds
+        # The caller hung up (the status callback will say so) or the socket dropped (the
+        # action callback may reconnect it): either way the session ends if nothing comes.
+        self._dropped[sid] = asyncio.create_task(self._end_if_not_back(sid, wait))
+
+    async def _end_if_not_back(self, sid: str, wait: float) -> None:
+        try:
+            await asyncio.sleep(wait)
+            if sid not in self.live:
+                await self.rt.service.end_session(sid, "hangup")
+        except GatewayError:
+            pass
+        finally:
+            self._dropped.pop(sid, None)
+
+    # ------------------------------------------------------- call control
+
+    async def control(
+        self, session_id: str, action: str, args: Mapping[str, Any], *, after_reply: bool = False
+    ) -> dict[str, Any]:
+        if action not in CALL_ACTIONS:
+            raise BadRequest(f"unknown call action {action!r}", code="unknown_action")
+        session = await self.rt.store.session(session_id)
+        if session is None or session.channel != str(Channel.PHONE):
+            raise NotFound(f"no phone call {session_id!r}", code="unknown_session")
+        if not session.active:
+            raise Conflict(f"call {session_id} has ended", code="session_ended")
+        conn = self.live.get(session_id)
+        clean = _check_args(action, args)
+        if after_reply and conn is not None and action in ("hangup", "forward"):
+            conn.after_reply = (action, clean)
+            return {"sessionId": session_id, "action": action, "status": "after_reply"}
+        if action in ("hangup", "forward"):
+            await self._finish(action, session_id, clean)
+        elif conn is None:
+            raise Conflict(f"call {session_id} has no live relay connection", code="call_not_connected")
+        elif action == "digits":
+            await conn.send(rp.send_digits(clean["digits"]))
+        else:
+            await conn.send(rp.language(clean["language"]))
+            await self.rt.store.update_session(
+                session_id, meta={**session.meta, "language": clean["language"]}
+            )
+        return {"sessionId": session_id, "action": action, "status": "ok"}
+
+    async def _finish(self, action: str, session_id: str, args: Mapping[str, Any] | None) -> None:
+        """End a call: hang up, forward it, or stop it at a limit (`timeout`)."""
+        args = args or {}
+        session = await self.rt.store.session(session_id)
+        if session is None or not session.active:
+            return
+        conn = self.live.get(session_id)
+        call_sid = session.meta.get("callSid")
+        if action == "forward":
+            to = str(args["to"])
+            handoff: dict[str, Any] = {"action": "forward", "to": to}
+            await self.rt.store.append_events(
+                [
+                    Event(
+                        type=EventType.CALL_FORWARDED,
+                        agent=session.agent_id,
+                        session_id=session_id,
+                        channel=session.channel,
+                        data={"to": to},
+                    )
+                ]
+            )
+            reason, extra = "closed", {"forwardedTo": to}
+        else:
+            reason = str(args.get("reason") or "closed")
+            handoff, extra = {"action": "hangup", "reason": reason}, {}
+        if conn is not None and not conn.ended:
+            await conn.end(handoff)
+        elif isinstance(call_sid, str) and call_sid:
+            await self._rest_end(session, call_sid, handoff)
+        await self.rt.service.end_session(session_id, reason, extra)
+
+    async def _rest_end(self, session: SessionRecord, call_sid: str, handoff: dict[str, Any]) -> None:
+        """No relay socket (ringing, or it dropped): change the call through the REST API."""
+        binding = self.accounts.get(str(session.meta.get("number") or ""))
+        if binding is None:
+            log.warning("call %s: no Twilio number to end it through", call_sid)
+            return
+        try:
+            if handoff.get("action") == "forward":
+                await binding.client.update_call(call_sid, twiml=twiml.dial(str(handoff["to"])))
+            else:
+                await binding.client.update_call(call_sid, status="completed")
+        except TwilioError as exc:
+            log.warning("call %s: Twilio refused the update: %s", call_sid, exc.message)
+            raise AgentError(f"Twilio refused the call update: {exc.message}", code="twilio_error") from None
+
+    async def control_route(self, request: Request) -> JSONResponse:
+        principal = await self.rt.auth.api_key(request.headers)
+        session_id, action = request.path_params["session_id"], request.path_params["action"]
+        session = await self.rt.store.session(session_id)
+        if session is None or not principal.can_see(session.agent_id):
+            raise NotFound("no such call", code="unknown_session")
+        body = await read_json(request, 65_536) if request.headers.get("content-length", "0") != "0" else {}
+        return JSONResponse(await self.control(session_id, action, body))
+
+    # ------------------------------------------------------------ outbound
+
+    async def dial(self, request: Request) -> JSONResponse:
+        principal = await self.rt.auth.api_key(request.headers)
+        body = await read_json(request, 65_536)
+        agent_id = opt_str(body, "agent", max_len=64)
+        if not agent_id:
+            raise BadRequest("`agent` is required", code="missing_agent")
+        config = self.rt.directory.get(agent_id)
+        principal.check(agent_id)
+        to = opt_str(body, "to", max_len=32)
+        if not to or not E164.match(to):
+            raise BadRequest("`to` must be an E.164 number like +14155550123", code="invalid_to")
+        binding = self._caller_id(agent_id, opt_str(body, "from", max_len=32))
+        greeting = opt_str(body, "greeting", max_len=4096) or config.greeting
+        metadata = body.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise BadRequest("`metadata` must be an object", code="invalid_metadata")
+        base = self.rt.settings.server.public_url
+        if not base:
+            raise Conflict(
+                "outbound calls need server.public_url (Twilio must reach the gateway)", code="no_public_url"
+            )
+        http = base.rstrip("/")
+        ws = (
+            "wss://" + http.split("://", 1)[1]
+            if http.startswith("https://")
+            else "ws://" + http.split("://", 1)[1]
+        )
+        session = await self.rt.service.start_session(
+            agent_id=agent_id,
+            channel=Channel.PHONE,
+            contact=ContactRef(channel=Channel.PHONE, address=to),
+            direction="outbound",
+            metadata={
+                **(metadata or {}),
+                "from": binding.config.number,
+                "to": to,
+                "number": binding.config.number,
+            }
+            | ({"greeting": greeting} if greeting else {}),
+            session_id=ids.session_id(Channel.PHONE),
+        )
+        body_twiml = self._relay_twiml(
+            (http, ws), agent_id=agent_id, session_id=session.id, direction="outbound", greeting=greeting
+        )
+        try:
+            call = await self._create_call(
+                binding, to, body_twiml, f"{http}/twilio/voice/status?session={session.id}"
+            )
+        except TwilioError as exc:
+            error = {"code": exc.code, "status": exc.status, "message": exc.message}
+            await self.rt.service.end_session(session.id, "failed", {"error": error})
+            raise GatewayError(
+                f"Twilio refused the call: {exc.message}",
+                code="twilio_error",
+                status=429 if exc.status == 429 else 502,
+            ) from None
+        call_sid = str(call.get("sid", ""))
+        await self.rt.store.update_session(
+            session.id, meta={**session.meta, "callSid": call_sid}, endpoint=f"{VOICE}:{call_sid}"
+        )
+        return JSONResponse(
+            {"sessionId": session.id, "callSid": call_sid, "status": call.get("status", "queued")},
+            status_code=201,
+        )
+
+    def _caller_id(self, agent_id: str, from_: str | None) -> Binding:
+        mine = self.accounts.voice_numbers(agent_id)
+        if from_:
+            found = next((b for b in mine if b.config.number == from_), None)
+            if found is None:
+                raise BadRequest(
+                    f"agent {agent_id!r} has no Twilio voice number {from_}", code="unknown_number"
+                )
+            return found
+        if not mine:
+            raise BadRequest(f"agent {agent_id!r} has no Twilio voice number", code="no_phone_number")
+        if len(mine) > 1:
+            raise BadRequest(
+                f"agent {agent_id!r} has several numbers: say which one with `from`", code="from_required"
+            )
+        return mine[0]
+
+    async def _create_call(self, binding: Binding, to: str, body: str, status_url: str) -> dict[str, Any]:
+        """Calls.json, retried only where no call can have been placed (429, connection failures)."""
+        for attempt in range(CREATE_CALL_ATTEMPTS):
+            try:
+                return await binding.client.create_call(
+                    from_=binding.config.e164, to=to, twiml=body, status_callback=status_url
+                )
+            except TwilioError as exc:
+                safe = exc.status == 429 or (exc.status is None and not exc.maybe_sent)
+                if not safe or attempt == CREATE_CALL_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(
+                    min(5.0, exc.retry_after if exc.retry_after is not None else 0.5 * 2**attempt)
+                )
+        raise AssertionError("unreachable")
+
+
+def _check_args(action: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    if action == "forward":
+        to = args.get("to")
+        if not isinstance(to, str) or not (E164.match(to) or (to.startswith("sip:") and len(to) < 256)):
+            raise BadRequest("`to` must be an E.164 number or a sip: URI", code="invalid_to")
+        return {"to": to}
+    if action == "digits":
+        digits = args.get("digits")
+        if not isinstance(digits, str) or not DIGITS.match(digits):
+            raise BadRequest("`digits` may hold only 0-9, w, # and *", code="invalid_digits")
+        return {"digits": digits}
+    if action == "language":
+        lang = args.get("language")
+        if not isinstance(lang, str) or not LANGUAGE.match(lang):
+            raise BadRequest("`language` must be a code like en-US", code="invalid_language")
+        return {"language": lang}
+    reason = args.get("reason")
+    return (
+        {"reason": reason} if isinstance(reason, str) and reason.isidentifier() and len(reason) <= 32 else {}
+    )
