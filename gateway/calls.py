@@ -6,7 +6,7 @@ built-in `endCall` / `transferToHuman` tools and `POST /v1/calls/{id}/…` call 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Protocol
 
 CALL_ACTIONS = frozenset({"hangup", "forward", "digits", "language"})
@@ -20,6 +20,6 @@ class CallControl(Protocol):
         being spoken has been said (for tools called in the middle of a turn)."""
         ...
 
-    def decide(self, call_id: str, accept: bool, reason: str | None) -> bool:
-        """Answer a `call.ringing`: True if the call was still waiting for a decision."""
+    def decide(self, call_id: str, accept: bool, reason: str | None, agents: Collection[str]) -> bool:
+        """Answer a `call.ringing` of one of `agents`: True if the call was still waiting."""
         ...

@@ -435,7 +435,8 @@ class ConversationService:
 
     async def resume_pending(self) -> int:
         """After a restart: run the turns whose user messages were never answered."""
-        sessions = await self.store.pending_sessions()
+        # A call's reply is only worth making when its relay is back (it then runs the turn).
+        sessions = await self.store.pending_sessions(exclude_channels=[str(Channel.PHONE)])
         for session_id in sessions:
             self.turns.submit(session_id)
         if sessions:

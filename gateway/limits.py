@@ -1,4 +1,4 @@
-"""Session limits that end sessions on time: idle timeout and WhatsApp's 24-hour window.
+"""Session limits that end sessions on time: idle timeout, WhatsApp's 24-hour window, stale calls.
 
 The deadlines are data (derived from the stored `last_message_at` and
 `last_inbound_at`), so a restart loses none; one sweeper per process ends what is
@@ -18,6 +18,7 @@ from gateway.store.sql import Store
 log = logging.getLogger("gateway.limits")
 
 WINDOW_MS = 24 * 3600 * 1000
+CALL_SLACK_SECONDS = 120  # ringing time and late callbacks before an unclosed call is swept
 
 
 class SessionLimits:
@@ -42,6 +43,14 @@ class SessionLimits:
             for session_id, reason in due:
                 await self._service.end_session(session_id, reason)
                 ended += 1
+            limit = config.phone.max_duration_seconds
+            if limit:
+                # A live call stops itself at its limit; this catches calls whose relay never
+                # came or whose end was never reported (a lost status callback).
+                before = now - int((limit + CALL_SLACK_SECONDS) * 1000)
+                for session_id in await self._store.stale_calls(agent_id=agent_id, started_before=before):
+                    await self._service.end_session(session_id, "max_duration")
+                    ended += 1
         return ended
 
     async def run(self) -> None:

@@ -18,7 +18,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -69,7 +69,7 @@ class TwilioVoice:
         self.rt = runtime
         self.accounts = accounts
         self.live: dict[str, RelayConnection] = {}
-        self._ringing: dict[str, asyncio.Future[tuple[bool, str | None]]] = {}
+        self._ringing: dict[str, tuple[str, asyncio.Future[tuple[bool, str | None]]]] = {}
         self._dropped: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -164,7 +164,7 @@ class TwilioVoice:
         if self.rt.agents.hub.current(agent_id) is None:
             return True, None  # nobody to ask: auto-accept at once
         future: asyncio.Future[tuple[bool, str | None]] = asyncio.get_running_loop().create_future()
-        self._ringing[call_sid] = future
+        self._ringing[call_sid] = (agent_id, future)
         data = {"callId": call_sid, "from": caller, "to": called}
         try:
             await self.rt.store.append_events(
@@ -191,9 +191,9 @@ class TwilioVoice:
             )
         return accepted, reason
 
-    def decide(self, call_id: str, accept: bool, reason: str | None) -> bool:
-        future = self._ringing.get(call_id)
-        if future is None or future.done():
+    def decide(self, call_id: str, accept: bool, reason: str | None, agents: Collection[str]) -> bool:
+        agent_id, future = self._ringing.get(call_id, ("", None))
+        if future is None or future.done() or agent_id not in agents:
             return False
         future.set_result((accept, reason))
         return True

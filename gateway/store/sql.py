@@ -596,15 +596,17 @@ class Store:
             )
             return [_message(r) for r in rows]
 
-    async def pending_sessions(self) -> list[str]:
+    async def pending_sessions(self, *, exclude_channels: Sequence[str] = ()) -> list[str]:
         """Active sessions with user messages still waiting for their turn (restart recovery)."""
         async with self._read() as s:
-            rows = await s.scalars(
+            q = (
                 select(MessageRow.session_id)
                 .join(SessionRow, SessionRow.id == MessageRow.session_id)
                 .where(MessageRow.pending.is_(True), SessionRow.status == SessionStatus.ACTIVE)
-                .distinct()
             )
+            if exclude_channels:
+                q = q.where(SessionRow.channel.not_in(list(exclude_channels)))
+            rows = await s.scalars(q.distinct())
             return list(rows)
 
     async def record_reply(
@@ -784,6 +786,21 @@ class Store:
             else:
                 out.append((sid, "idle_timeout"))
         return out
+
+    async def stale_calls(self, *, agent_id: str, started_before: int) -> list[str]:
+        """Active phone sessions of an agent started before a time (calls nobody closed)."""
+        async with self._read() as s:
+            rows = await s.scalars(
+                select(SessionRow.id)
+                .where(
+                    SessionRow.agent_id == agent_id,
+                    SessionRow.status == SessionStatus.ACTIVE,
+                    SessionRow.channel == "phone",
+                    SessionRow.started_at < started_before,
+                )
+                .limit(500)
+            )
+            return list(rows)
 
     async def annotate_message(
         self, *, channel: str, provider_message_id: str, key: str, value: Any, events: Sequence[Event] = ()

@@ -504,3 +504,53 @@ async def test_outbound_call_is_answered_and_greeting_stored(sqlite_url: str) ->
                 assert (await relay.reply())[0] == "who is this"
             messages = await g.runtime.store.messages(sid)
             assert [m.text for m in messages] == ["Hello!", "who is this", "who is this"]
+
+
+async def test_gateway_restart_mid_call_reconnects_and_answers(sqlite_url: str) -> None:
+    """The gateway stops mid-reply; Twilio's action callback reconnects the call to the new process,
+    which answers the prompt that was left unanswered."""
+    port = free_port()
+    call = "CA" + "s" * 32
+    async with FakeTwilio(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN) as fake:
+        settings = twilio_settings(sqlite_url, fake, server={"shutdown_grace_seconds": 0}, echo_delay_ms=150)
+        async with run_gateway(settings, env=ENV, port=port) as g:
+            async with connected_call(g, call) as (relay, sid):
+                await relay.prompt("one two three four five six")
+                assert (await relay.recv())["token"] == "one "
+                await g.stop()
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    while True:
+                        await relay.recv()
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        async with run_gateway(settings, env=ENV, port=port) as g:
+            pending = [m.text for m in await g.runtime.store.messages(sid) if m.pending]
+            assert pending == ["one two three four five six"]  # not answered into the void on start
+            action = await signed_post(
+                g,
+                "/twilio/voice/action",
+                {
+                    "CallSid": call,
+                    "AccountSid": ACCOUNT_SID,
+                    "CallStatus": "in-progress",
+                    "SessionStatus": "failed",
+                },
+            )
+            params = relay_params(action.text)
+            assert params["sessionId"] == sid
+            async with relay_socket(g) as relay:
+                await relay.send(setup_frame(call, params))
+                assert (await relay.reply())[0] == "one two three four five six"
+            replies = [m.text for m in await g.runtime.store.messages(sid) if m.role == "assistant"]
+            assert replies == ["one two three four five six"]
+
+
+async def test_calls_nobody_closed_are_swept(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.limits.CALL_SLACK_SECONDS", 0)
+    port = free_port()
+    server = {"public_url": f"http://127.0.0.1:{port}"}
+    async with FakeTwilio(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN) as fake:
+        settings = twilio_settings(sqlite_url, fake, server=server, phone={"max_duration_seconds": 0.3})
+        async with run_gateway(settings, env=ENV, port=port) as g, g.client() as c:
+            r = await c.post("/v1/calls", json={"agent": "support", "to": "+14155551234"})
+            sid = r.json()["sessionId"]  # never answered, and no status callback ever comes
+            assert (await wait_event(g, sid, "session.ended")).data["reason"] == "max_duration"
