@@ -225,6 +225,67 @@ def openapi_document() -> dict[str, Any]:
                     errors=("400", "401", "413"),
                 ),
             },
+            "/twilio/messaging": {
+                "post": _op(
+                    "Twilio inbound SMS/MMS/WhatsApp webhook (X-Twilio-Signature); answers empty TwiML",
+                    secured=False,
+                    errors=("400", "401", "413", "415"),
+                )
+            },
+            "/twilio/messaging/status": {
+                "post": _op(
+                    "Twilio message status callback (X-Twilio-Signature)",
+                    secured=False,
+                    errors=("400", "401", "415"),
+                )
+            },
+            "/twilio/voice": {
+                "post": _op(
+                    "Twilio incoming call: answers <Connect><ConversationRelay> TwiML (or <Reject/>)",
+                    secured=False,
+                    errors=("400", "401", "415"),
+                )
+            },
+            "/twilio/voice/action": {
+                "post": _op(
+                    "<Connect action> callback: <Dial> after a forward, <Hangup/>, or a relay reconnect",
+                    secured=False,
+                    errors=("401", "415"),
+                )
+            },
+            "/twilio/voice/status": {
+                "post": _op(
+                    "Twilio call status callback: final statuses end the call's session",
+                    secured=False,
+                    ok="204",
+                    errors=("400", "401", "415"),
+                )
+            },
+            "/v1/calls": {
+                "post": _op(
+                    "Place an outbound phone call through Twilio",
+                    ok="201",
+                    body={
+                        "type": "object",
+                        "required": ["agent", "to"],
+                        "properties": {
+                            "agent": {"type": "string"},
+                            "to": {"type": "string", "pattern": "^\\+[1-9][0-9]{4,15}$"},
+                            "from": {"type": "string"},
+                            "greeting": {"type": "string"},
+                            "metadata": {"type": "object"},
+                        },
+                    },
+                    errors=("400", "401", "403", "404", "409", "415", "429", "502"),
+                )
+            },
+            "/v1/calls/{session_id}/{action}": {
+                "post": _op(
+                    "Steer a live call: hangup, forward {to}, digits {digits}, language {language}",
+                    params=[_p("session_id"), _p("action")],
+                    errors=("400", "401", "404", "409", "415"),
+                )
+            },
             "/healthz": {"get": _op("Liveness", secured=False)},
             "/readyz": {"get": _op("Readiness: database and bus reachable", secured=False, errors=("503",))},
             "/metrics": {"get": _op("Prometheus metrics", secured=False)},
