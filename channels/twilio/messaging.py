@@ -232,7 +232,7 @@ class TwilioMessaging:
             self.accounts.tokens_for(form.get("AccountSid")),
         )
         if token is None:
-            log.warning("twilio webhook with a missing or wrong X-Twilio-Signature (signed URL %s?)", url)
+            log.warning("twilio webhook refused: missing or wrong X-Twilio-Signature for %s", url)
             raise Unauthorized("invalid or missing X-Twilio-Signature", code="invalid_signature")
         return form, token
 

@@ -59,6 +59,8 @@ class RelayConnection:
         self.speaking: str | None = None
         self._streamed: dict[str, list[str]] = {}  # message id -> tokens sent
         self._open_cycle: str | None = None  # a reply whose `last: true` is still owed
+        # Replies the caller cut off: their deltas still queued on the bus must not be said.
+        self._cut: set[str] = set()
         self._partial = ""
         self._bad_frames = 0
         self._idle = 0.0
@@ -145,6 +147,7 @@ class RelayConnection:
         elif isinstance(frame, rp.Interrupt):
             message_id, self.speaking = self.speaking, None
             if message_id is not None:
+                self._cut.add(message_id)
                 self._close_cycle(message_id)
             await self.rt.service.interrupt(
                 self.sid,
@@ -189,7 +192,7 @@ class RelayConnection:
             if kind == b"bot.token":
                 obj = json.loads(body)
                 mid = obj["messageId"]
-                if self.ended:
+                if self.ended or mid in self._cut:
                     continue
                 self.speaking = self._open_cycle = mid
                 self._streamed.setdefault(mid, []).append(obj["text"])

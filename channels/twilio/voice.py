@@ -421,7 +421,7 @@ class TwilioVoice:
         if self.rt.stopping.is_set():
             return  # the reply stays pending; Twilio's action callback reconnects after the restart
         mid, said = conn.streamed_text()
-        if mid is not None or self.rt.service.turns.busy(sid):
+        if not conn.ended and (mid is not None or self.rt.service.turns.busy(sid)):
             try:
                 await self.rt.service.interrupt(sid, mid, said, data={"reason": "disconnected"})
             except GatewayError:

@@ -141,6 +141,9 @@ async def test_phone_call_end_to_end(sqlite_url: str) -> None:
                 messages = (await c.get(f"/v1/sessions/{sid}")).json()["messages"]
                 assert [m["text"] for m in messages if m["role"] == "assistant"][-1] == "alpha"
                 assert not any(m.get("pending") for m in messages)
+                # Nothing more of the cut reply is said: the next reply is the next prompt's.
+                await relay.prompt("lambda")
+                assert (await relay.reply())[0] == "lambda"
             # The caller hangs up: Twilio closes the socket, then the status callback comes.
             status = await signed_post(
                 g,
