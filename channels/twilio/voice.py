@@ -126,7 +126,7 @@ class TwilioVoice:
         form = await self._signed_form(request)
         call_sid, caller, called = form.get("CallSid"), form.get("From"), form.get("To")
         if not call_sid or not caller or not called:
-            raise BadRequest("CallSid, From and To are required", code="missing_parameters")
+            raise BadRequest("CallSid, From and To are required", code="invalid_webhook")
         binding = self.accounts.get(called)
         if binding is None or binding.config.whatsapp:
             log.warning("call %s to unconfigured number %s: rejected", call_sid, called)
@@ -251,7 +251,7 @@ class TwilioVoice:
         call_sid = form.get("CallSid")
         call_status = form.get("CallStatus", "")
         if not call_sid or not call_status:
-            raise BadRequest("CallSid and CallStatus are required", code="missing_parameters")
+            raise BadRequest("CallSid and CallStatus are required", code="invalid_webhook")
         session = await self._call_session(call_sid, request.query_params.get("session"))
         reason = END_REASONS.get(call_status)
         if session is not None and reason is not None and session.active:

@@ -52,7 +52,7 @@ class BuiltinTools:
         self.call_control: CallAction | None = None
 
     async def call(self, turn: Turn, tool: ToolConfig, call: ToolCall) -> Any:
-        if tool.name in CALL_TOOLS and not tool.url:
+        if tool.name in CALL_TOOLS and not tool.url and _builtin_call_tool(turn.agent, tool.name):
             return await self._call_tool(turn, tool, call)
         if tool.name != REQUEST_HUMAN or tool.url or self.request_human is None:
             return await self._inner.call(turn, tool, call)
@@ -67,10 +67,7 @@ class BuiltinTools:
         if tool.name == END_CALL:
             action, args = "hangup", {"reason": "closed"}
         else:
-            to = turn.agent.phone.transfer_to
-            if not to:
-                return error_result("no transfer number is configured (phone.transfer_to)")
-            action, args = "forward", {"to": to}
+            action, args = "forward", {"to": turn.agent.phone.transfer_to or ""}
         try:
             await self.call_control(turn.session_id, action, args, after_reply=True)
         except GatewayError as exc:
@@ -78,6 +75,11 @@ class BuiltinTools:
         if action == "hangup":
             return {"ok": True, "status": "the call will end after your reply"}
         return {"ok": True, "status": "the caller will be transferred after your reply"}
+
+
+def _builtin_call_tool(agent: AgentConfig, name: str) -> bool:
+    """The gateway's own endCall/transferToHuman, not a process tool of the same name."""
+    return agent.phone.end_call_tool if name == END_CALL else agent.phone.transfer_to is not None
 
 
 class AgentFactory:

@@ -307,6 +307,14 @@ class Agent:
         """A handle to steer one of this agent's sessions (e.g. one read from the HTTP API)."""
         return Session(self.gateway, self.id, session_id)
 
+    async def accept_call(self, call_id: str) -> None:
+        """Answer a `call.ringing` (its `callId`): the call is connected to this agent."""
+        await self.gateway.request({"event": "call.accept", "call_id": call_id})
+
+    async def reject_call(self, call_id: str, reason: str = "busy") -> None:
+        """Refuse a ringing call: `busy` (busy tone) or `rejected` (dropped)."""
+        await self.gateway.request({"event": "call.reject", "call_id": call_id, "reason": reason})
+
     async def update(self, **changes: Any) -> None:
         """Change the config (hot update): merges `changes`, then re-registers if connected.
 

@@ -97,6 +97,28 @@ class Session:
         else:
             await self._command("session.end", reason=reason)
 
+    # Phone calls (sessions on channel `phone`); the gateway answers `call_not_connected`
+    # (CommandError) for digits and language when the call has no live relay.
+
+    async def hangup(self, reason: str | None = None, *, after_reply: bool = False) -> None:
+        """End the phone call (`after_reply`: once the reply being spoken has been said)."""
+        fields: dict[str, Any] = {"after_reply": after_reply}
+        if reason is not None:
+            fields["reason"] = reason
+        await self._command("call.hangup", **fields)
+
+    async def forward(self, to: str, *, after_reply: bool = False) -> None:
+        """Transfer the phone call to `to` (`+E164` or `sip:…`)."""
+        await self._command("call.forward", to=to, after_reply=after_reply)
+
+    async def send_digits(self, digits: str) -> None:
+        """Play DTMF tones on the call (`0-9`, `w` for a pause, `#`, `*`)."""
+        await self._command("call.send_digits", digits=digits)
+
+    async def set_language(self, language: str) -> None:
+        """Switch the call's speech recognition and synthesis language (e.g. `es-ES`)."""
+        await self._command("call.set_language", language=language)
+
 
 @dataclass(frozen=True, slots=True)
 class Turn:

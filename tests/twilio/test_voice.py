@@ -11,6 +11,7 @@ import pytest
 import websockets
 
 from channels.twilio.signature import sign
+from gateway.client import Gateway, Session
 from tests.conftest import ADMIN, SseReader, free_port, run_gateway
 from tests.fakes.openai_server import FakeOpenAI, text_reply, tool_reply
 from tests.fakes.twilio_server import FakeTwilio
@@ -73,7 +74,7 @@ async def test_voice_webhook_signature_and_bad_input(sqlite_url: str) -> None:
         assert (await incoming_call(g, "CA1", token="wrong-token")).status_code == 401
         assert (await incoming_call(g, "CA1", token=None)).status_code == 401
         missing = await signed_post(g, "/twilio/voice", {"AccountSid": ACCOUNT_SID, "From": CALLER})
-        assert missing.status_code == 400 and missing.json()["error"]["code"] == "missing_parameters"
+        assert missing.status_code == 400 and missing.json()["error"]["code"] == "invalid_webhook"
         unknown = await incoming_call(g, "CA2", to="+15550000000")
         assert unknown.status_code == 200 and "<Reject" in unknown.text
         assert [e.data["to"] for e in await events(g, types=["webhook.unroutable"])] == ["+15550000000"]
@@ -557,3 +558,54 @@ async def test_calls_nobody_closed_are_swept(sqlite_url: str, monkeypatch: pytes
             r = await c.post("/v1/calls", json={"agent": "support", "to": "+14155551234"})
             sid = r.json()["sessionId"]  # never answered, and no status callback ever comes
             assert (await wait_event(g, sid, "session.ended")).data["reason"] == "max_duration"
+
+
+async def test_python_client_screens_calls_and_transfers_from_a_tool(sqlite_url: str) -> None:
+    """The product docs' patterns with gateway.client: reject a blacklisted caller on
+    `call.ringing`, and a `transferToHuman` tool of the process that forwards the call."""
+    async with FakeTwilio(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN) as fake, FakeOpenAI() as llm:
+        llm.script(
+            [
+                tool_reply([("c1", "transferToHuman", "{}")]),
+                text_reply("Connecting you now."),
+            ]
+        )
+        settings = twilio_settings(sqlite_url, fake)
+        numbers = [{**n, "ringing": True} for n in settings.agents["support"].model_dump()["twilio"]]
+        agents = {
+            **{k: v.model_dump() for k, v in settings.agents.items()},
+            "support": {**settings.agents["support"].model_dump(), "twilio": numbers},
+        }
+        settings = type(settings).from_dict({"server": settings.server.model_dump(), "agents": agents})
+        async with run_gateway(settings, env=ENV) as g:
+            gw = Gateway(g.url, api_key=ADMIN, reconnect_initial=0.05, reconnect_max=0.2, request_timeout=5.0)
+            support = gw.agent("support", llm={"base_url": llm.url, "model": "m"})
+            blacklist = {"+15550009999"}
+
+            @support.on("call.ringing")
+            async def screen(event: dict[str, Any]) -> None:
+                if event["from"] in blacklist:
+                    await support.reject_call(event["callId"], "busy")
+                else:
+                    await support.accept_call(event["callId"])
+
+            @support.tool
+            async def transferToHuman(session: Session) -> dict[str, bool]:
+                """Escalate to a human colleague."""
+                await session.forward("+15558675309", after_reply=True)
+                return {"transferred": True}
+
+            gw.start()
+            try:
+                await gw.wait_ready(10)
+                spam = await incoming_call(g, "CA" + "1" * 32, from_="+15550009999")
+                assert '<Reject reason="busy" />' in spam.text
+                async with connected_call(g, "CA" + "2" * 32) as (relay, sid):
+                    await relay.prompt("let me talk to a person")
+                    assert (await relay.reply())[0] == "Connecting you now."
+                    end = await relay.recv()
+                    assert json.loads(end["handoffData"]) == {"action": "forward", "to": "+15558675309"}
+                assert (await wait_event(g, sid, "session.ended")).data["forwardedTo"] == "+15558675309"
+            finally:
+                async with asyncio.timeout(10):
+                    await gw.close()
