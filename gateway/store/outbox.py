@@ -251,6 +251,8 @@ class OutboxQueries:
             )
             if row is None and idempotency_key:
                 row = await s.scalar(select(OutboxRow).where(OutboxRow.idempotency_key == idempotency_key))
+                if row is not None and row.provider_message_id not in (None, provider_message_id):
+                    row = None  # the key names a part already sent as another message: not this one
                 if row is not None and row.status in ("uncertain", "sending"):
                     # The part did go out before the crash: settle it instead of failing it.
                     row.status, row.provider_message_id = "sent", provider_message_id

@@ -572,6 +572,10 @@ async def test_statuses_only_move_forward(sqlite_url: str) -> None:
         ).status_code == 200
         bare = f"{PUBLIC}/twilio/messaging/status"
         assert (await post_status(g, bare + "?k=", "SM" + "9" * 32, "delivered")).status_code == 200
+        # A real key with another message's sid: the key does not speak for that message.
+        assert (
+            await post_status(g, callback, "SM" + "8" * 32, "failed", ErrorCode="30003")
+        ).status_code == 200
         assert (await g.runtime.store.messages(session.id))[-1].status == "read"
         events = await feed(g, session=session.id)
     assert [e["status"] for e in events if e["event"] == "message.status"] == ["sent", "delivered", "read"]
