@@ -510,6 +510,7 @@
   const attentionBanner = $("attention-banner");
   const takeOver = $("take-over");
   const handBack = $("hand-back");
+  const hangUp = $("hang-up");
   const composer = $("composer");
   const composerText = $("composer-text");
   const composerError = $("composer-error");
@@ -658,7 +659,7 @@
     if (!s) {
       convTitle.textContent = "No conversation selected";
       convMeta.replaceChildren();
-      for (const n of [convPaused, takeOver, handBack, composer, attentionBanner]) n.hidden = true;
+      for (const n of [convPaused, takeOver, handBack, hangUp, composer, attentionBanner]) n.hidden = true;
       placeholder.hidden = false;
       return;
     }
@@ -677,6 +678,7 @@
     convPaused.hidden = !s.paused || ended;
     takeOver.hidden = ended || s.paused;
     handBack.hidden = ended || !s.paused;
+    hangUp.hidden = ended || s.channel !== "phone";
     attentionBanner.hidden = !s.attention;
     attentionBanner.textContent = s.attention ? `⚠ The agent asked for a human: ${s.attention}` : "";
     composer.hidden = false;
@@ -811,6 +813,23 @@
       case "session.idleWarning":
         notice(`Idle: this conversation ends in ${d.remainingSeconds ?? "?"} s without a new message.`);
         break;
+      case "call.interrupted": {
+        // The caller talked over the agent: the transcript keeps only what was said.
+        cutStreaming(d.messageId);
+        const item = d.messageId ? view.items.get(d.messageId) : null;
+        if (item) {
+          upsertMessage({ messageId: d.messageId, role: "assistant", source: "agent", text: d.spoken || "…" });
+          item.li.dataset.interrupted = "true";
+        }
+        notice(d.reason === "disconnected" ? "The call dropped mid-reply." : "The caller interrupted the agent.");
+        break;
+      }
+      case "call.dtmf":
+        notice(`The caller pressed ${d.digit}.`);
+        break;
+      case "call.forwarded":
+        notice(`Call forwarded to ${d.to}.`);
+        break;
       case "session.ended":
         cutStreaming();
         notice(`Conversation ended${d.reason ? ` (${d.reason})` : ""}.`);
@@ -855,6 +874,24 @@
     }
   }
 
+  async function hangUpCall() {
+    const sessionId = state.selected;
+    if (!sessionId) return;
+    hangUp.disabled = true;
+    convError.textContent = "";
+    try {
+      await api(`/v1/calls/${enc(sessionId)}/hangup`, { method: "POST", body: {} });
+    } catch (err) {
+      if (state.selected === sessionId) {
+        convError.dataset.code = err.code;
+        convError.textContent = `Could not hang up: ${err.message}`;
+      }
+    } finally {
+      hangUp.disabled = false;
+    }
+  }
+
+  hangUp.addEventListener("click", hangUpCall);
   takeOver.addEventListener("click", () => setPaused(true));
   handBack.addEventListener("click", () => setPaused(false));
 
