@@ -211,6 +211,12 @@ class AgentConfig(_Model):
     twilio: list[TwilioNumber] = Field(default_factory=list)
     phone: PhoneConfig = Field(default_factory=PhoneConfig)
 
+    def builtin_call_tool(self, tool: ToolConfig) -> bool:
+        """Is this the gateway's own endCall/transferToHuman (not a process or URL tool)?"""
+        if tool.name not in CALL_TOOLS or tool.url:
+            return False
+        return self.phone.end_call_tool if tool.name == END_CALL else self.phone.transfer_to is not None
+
     @model_validator(mode="after")
     def _answer_has_its_table(self) -> AgentConfig:
         if self.answer == "llm" and self.llm is None:

@@ -26,7 +26,7 @@ from gateway.agents.tools import (
 )
 from gateway.agents.webhook import WebhookAgent
 from gateway.errors import AgentError, GatewayError
-from gateway.settings import CALL_TOOLS, END_CALL, REQUEST_HUMAN, AgentConfig, ToolConfig
+from gateway.settings import END_CALL, REQUEST_HUMAN, AgentConfig, ToolConfig
 from gateway.types import Channel
 
 LLM_CLIENTS = 4
@@ -52,7 +52,7 @@ class BuiltinTools:
         self.call_control: CallAction | None = None
 
     async def call(self, turn: Turn, tool: ToolConfig, call: ToolCall) -> Any:
-        if tool.name in CALL_TOOLS and not tool.url and _builtin_call_tool(turn.agent, tool.name):
+        if turn.agent.builtin_call_tool(tool):
             return await self._call_tool(turn, tool, call)
         if tool.name != REQUEST_HUMAN or tool.url or self.request_human is None:
             return await self._inner.call(turn, tool, call)
@@ -75,11 +75,6 @@ class BuiltinTools:
         if action == "hangup":
             return {"ok": True, "status": "the call will end after your reply"}
         return {"ok": True, "status": "the caller will be transferred after your reply"}
-
-
-def _builtin_call_tool(agent: AgentConfig, name: str) -> bool:
-    """The gateway's own endCall/transferToHuman, not a process tool of the same name."""
-    return agent.phone.end_call_tool if name == END_CALL else agent.phone.transfer_to is not None
 
 
 class AgentFactory:

@@ -37,7 +37,7 @@ from gateway.agents.openai_stream import ChatStreamParser, ToolCallAssembler, pa
 from gateway.agents.prompt import Message, build_messages
 from gateway.agents.tools import ToolRunner, error_result
 from gateway.errors import AgentError
-from gateway.settings import CALL_TOOLS, LlmConfig, ToolConfig
+from gateway.settings import LlmConfig, ToolConfig
 from gateway.types import Channel
 
 _DRAIN_SECONDS = 1.0  # after [DONE], how long we read on so the connection can be reused
@@ -64,12 +64,9 @@ class LlmAgent:
             raise AgentError(f"agent {turn.agent_id} has no [llm] configuration")
         url = llm.base_url.rstrip("/") + "/chat/completions"
         headers = self._headers(llm)
-        # Call tools (endCall, transferToHuman) mean nothing outside a phone call.
-        tools = {
-            t.name: t
-            for t in turn.agent.tools
-            if turn.channel == Channel.PHONE or t.name not in CALL_TOOLS or t.url
-        }
+        # The built-in call tools (endCall, transferToHuman) mean nothing outside a phone call.
+        on_call = turn.channel == Channel.PHONE
+        tools = {t.name: t for t in turn.agent.tools if on_call or not turn.agent.builtin_call_tool(t)}
         messages = build_messages(turn, llm.history_budget_chars)
         rounds = 0
         last_round = False
