@@ -133,8 +133,8 @@ def one(form: dict[str, list[str]], key: str) -> str | None:
 # ------------------------------------------------------------------------ inbound
 
 
-async def test_sms_in_reply_out_once_with_a_status_callback(sqlite_url: str) -> None:
-    async with gateway(sqlite_url) as (g, fake):
+async def test_sms_in_reply_out_once_with_a_status_callback(db_url: str) -> None:
+    async with gateway(db_url) as (g, fake):
         r = await post_in(g, sms("SM" + "a" * 32, "Hi **there**, where is _my_ order?"))
         assert r.status_code == 200 and r.text == TWIML
         assert r.headers["content-type"].startswith("text/xml")
@@ -161,8 +161,8 @@ async def test_sms_in_reply_out_once_with_a_status_callback(sqlite_url: str) -> 
     assert [e["status"] for e in events if e["event"] == "message.status"] == ["sent"]
 
 
-async def test_redelivery_is_a_duplicate_and_starts_no_turn(sqlite_url: str) -> None:
-    async with gateway(sqlite_url) as (g, fake):
+async def test_redelivery_is_a_duplicate_and_starts_no_turn(db_url: str) -> None:
+    async with gateway(db_url) as (g, fake):
         form = sms("SM" + "d" * 32, "once")
         assert (await post_in(g, form)).status_code == 200
         await wait_for(lambda: len(fake.messages) == 1)

@@ -99,9 +99,10 @@ async def test_relay_handshake_needs_a_valid_signature(sqlite_url: str) -> None:
 # ---------------------------------------------------------------- the e2e call
 
 
-async def test_phone_call_end_to_end(sqlite_url: str) -> None:
-    """Incoming call -> TwiML -> setup -> two prompts streamed -> interrupt -> hang-up -> status -> ended."""
-    async with twilio_gateway(sqlite_url, greeting="Hello, Acme here.", echo_delay_ms=60) as (g, _):
+async def test_phone_call_end_to_end(db_url: str) -> None:
+    """Incoming call -> TwiML -> setup -> two prompts streamed -> interrupt -> hang-up -> status -> ended
+    (on SQLite and PostgreSQL)."""
+    async with twilio_gateway(db_url, greeting="Hello, Acme here.", echo_delay_ms=60) as (g, _):
         async with g.client() as c, c.stream("GET", "/v1/events?tokens=true") as feed:
             sse = SseReader(feed)
             answer = await incoming_call(g, "CA" + "e" * 32)
@@ -510,13 +511,13 @@ async def test_outbound_call_is_answered_and_greeting_stored(sqlite_url: str) ->
             assert [m.text for m in messages] == ["Hello!", "who is this", "who is this"]
 
 
-async def test_gateway_restart_mid_call_reconnects_and_answers(sqlite_url: str) -> None:
+async def test_gateway_restart_mid_call_reconnects_and_answers(db_url: str) -> None:
     """The gateway stops mid-reply; Twilio's action callback reconnects the call to the new process,
     which answers the prompt that was left unanswered."""
     port = free_port()
     call = "CA" + "s" * 32
     async with FakeTwilio(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN) as fake:
-        settings = twilio_settings(sqlite_url, fake, server={"shutdown_grace_seconds": 0}, echo_delay_ms=150)
+        settings = twilio_settings(db_url, fake, server={"shutdown_grace_seconds": 0}, echo_delay_ms=150)
         async with run_gateway(settings, env=ENV, port=port) as g:
             async with connected_call(g, call) as (relay, sid):
                 await relay.prompt("one two three four five six")
@@ -609,3 +610,37 @@ async def test_python_client_screens_calls_and_transfers_from_a_tool(sqlite_url:
             finally:
                 async with asyncio.timeout(10):
                     await gw.close()
+
+
+async def test_dev_routes_send_a_testers_calls_to_the_dev_agent(sqlite_url: str) -> None:
+    async with twilio_gateway(sqlite_url, dev_routes={CALLER: "dev-berna-support"}) as (g, _):
+        params = relay_params((await incoming_call(g, "CA" + "7" * 32)).text)
+        assert params["agent"] == "dev-berna-support"
+        other = relay_params((await incoming_call(g, "CA" + "8" * 32, from_="+15551112222")).text)
+        assert other["agent"] == "support"
+
+
+async def test_a_call_without_a_relay_is_changed_through_the_rest_api(sqlite_url: str) -> None:
+    port = free_port()
+    server = {"public_url": f"http://127.0.0.1:{port}"}
+    async with FakeTwilio(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN) as fake:
+        async with run_gateway(twilio_settings(sqlite_url, fake, server=server), env=ENV, port=port) as g:
+            async with g.client() as c:
+                first = (await c.post("/v1/calls", json={"agent": "support", "to": "+14155551234"})).json()
+                r = await c.post(f"/v1/calls/{first['sessionId']}/hangup")
+                assert r.status_code == 200, r.text
+                assert fake.call_updates == [(first["callSid"], {"Status": ["completed"]})]
+                assert (await wait_event(g, first["sessionId"], "session.ended")).data["reason"] == "closed"
+
+                second = (await c.post("/v1/calls", json={"agent": "support", "to": "+14155551235"})).json()
+                r = await c.post(f"/v1/calls/{second['sessionId']}/forward", json={"to": "+15558675309"})
+                assert r.status_code == 200, r.text
+                sid, form = fake.call_updates[-1]
+                assert sid == second["callSid"] and "<Dial>+15558675309</Dial>" in form["Twiml"][0]
+
+                third = (await c.post("/v1/calls", json={"agent": "support", "to": "+14155551236"})).json()
+                fake.fail_next(1, 404, 20404, "The requested resource was not found", on="Calls/")
+                r = await c.post(f"/v1/calls/{third['sessionId']}/hangup")
+                assert r.status_code == 502 and r.json()["error"]["code"] == "twilio_error"
+                session = await g.runtime.store.session(third["sessionId"])
+                assert session is not None and session.active  # nothing pretended: the call may still be up
