@@ -148,6 +148,8 @@ class PhoneConfig(_Model):
     idle_grace_seconds: float = Field(default=10, ge=0)
     # Said (not stored) at each idle warning, e.g. "Are you still there?"; none by default.
     idle_message: str | None = None
+    # Said (not stored) when a turn fails, so the caller is not left in silence.
+    error_message: str | None = "Sorry, I could not answer that. Could you say it again?"
     # How long `call.ringing` waits for an agent process to accept or reject (then accepts).
     ringing_timeout_seconds: float = Field(default=5, gt=0)
     # How long a call whose relay socket dropped may take to reconnect before its session ends.

@@ -205,6 +205,12 @@ class RelayConnection:
                 if self._open_cycle == obj.get("messageId"):
                     self._open_cycle = None
                     await self.send(rp.text("", True))
+            elif kind == b"session.error":
+                obj = json.loads(body)
+                # A failed turn (it names the message it answered): say something rather than nothing.
+                if obj.get("inReplyTo") and self.phone.error_message and not self.ended:
+                    self._open_cycle = None
+                    await self.send(rp.text(self.phone.error_message, True))
             elif kind == b"session.ended":
                 obj = json.loads(body)
                 if not self.ended:

@@ -13,7 +13,7 @@ import websockets
 from channels.twilio.signature import sign
 from gateway.client import Gateway, Session
 from tests.conftest import ADMIN, SseReader, free_port, run_gateway
-from tests.fakes.openai_server import FakeOpenAI, text_reply, tool_reply
+from tests.fakes.openai_server import FakeOpenAI, error_reply, text_reply, tool_reply
 from tests.fakes.twilio_server import FakeTwilio
 from tests.twilio.helpers import (
     ACCOUNT_SID,
@@ -644,3 +644,21 @@ async def test_a_call_without_a_relay_is_changed_through_the_rest_api(sqlite_url
                 assert r.status_code == 502 and r.json()["error"]["code"] == "twilio_error"
                 session = await g.runtime.store.session(third["sessionId"])
                 assert session is not None and session.active  # nothing pretended: the call may still be up
+
+
+async def test_a_failed_turn_is_not_silence(sqlite_url: str) -> None:
+    async with FakeOpenAI() as llm:
+        llm.script([error_reply(500)])
+        agent = {"answer": "llm", "llm": {"base_url": llm.url, "model": "m"}}
+        async with (
+            twilio_gateway(sqlite_url, **agent) as (g, _),
+            connected_call(g, "CA" + "5" * 32) as (relay, sid),
+        ):
+            await relay.prompt("hello?")
+            frame = await relay.recv()
+            assert frame == {
+                "type": "text",
+                "token": "Sorry, I could not answer that. Could you say it again?",
+                "last": True,
+            }
+            assert (await wait_event(g, sid, "session.error")).data["code"] == "agent_error"
