@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
@@ -39,6 +40,8 @@ from gateway.turns import TurnRunner
 from gateway.types import Channel, EventType
 
 log = logging.getLogger("gateway.conversations")
+
+HISTORY_CACHE_SESSIONS = 1024
 
 
 class AgentFactory(Protocol):
@@ -180,6 +183,7 @@ class ConversationService:
         self.agents = agents
         self.metrics = metrics
         self.turns = TurnRunner(self._run_turn)
+        self._history: OrderedDict[str, tuple[tuple[int, int], list[MessageRecord]]] = OrderedDict()
         self._flush_s = settings.server.token_flush_ms / 1000
 
     # ------------------------------------------------------------- sessions
@@ -254,6 +258,7 @@ class ConversationService:
         self, session_id: str, reason: str, extra: dict[str, Any] | None = None
     ) -> SessionRecord:
         self.turns.forget(session_id)
+        self._history.pop(session_id, None)
         session, _ = await self.store.end_session(session_id, reason, extra)
         if session is None:
             raise NotFound(f"no session {session_id!r}", code="unknown_session")
@@ -261,6 +266,7 @@ class ConversationService:
 
     async def erase_session(self, session_id: str) -> SessionRecord:
         self.turns.forget(session_id)
+        self._history.clear()  # an erased conversation must never come back as someone's history
         session, _ = await self.store.erase_session(session_id)
         if session is None:
             raise NotFound(f"no session {session_id!r}", code="unknown_session")
@@ -475,14 +481,7 @@ class ConversationService:
                 pending = await prepare(session, pending)
         restored: list[MessageRecord] = []
         if session.contact is not None:
-            # A returning contact: the agent remembers their last conversations.
-            restored = await self.store.previous_messages(
-                agent_id=session.agent_id,
-                contact_id=session.contact.id,
-                before_session=session_id,
-                conversations=config.limits.history_conversations,
-                limit=config.limits.history_messages,
-            )
+            restored = await self._restored_history(session, config)
         turn = Turn(
             turn_id=reply_id,
             session_id=session_id,
@@ -596,6 +595,8 @@ class ConversationService:
             if close is not None:  # closes the upstream stream promptly on cancel
                 await close()
         tokens.flush()
+        # A phone call can finish its talk cycle now rather than after the commit below.
+        self.bus.publish_to_session(event(EventType.BOT_STREAM_END, {"messageId": reply_id}))
         total = time.perf_counter() - started
         ttft = None if first_token is None else first_token - started
         text = "".join(parts)
@@ -656,6 +657,31 @@ class ConversationService:
         if ttft is not None:
             self.metrics.ttft_seconds.labels(agent).observe(ttft)
         self.metrics.tokens.labels(agent).inc(tokens.count)
+
+    async def _restored_history(self, session: SessionRecord, config: AgentConfig) -> list[MessageRecord]:
+        """A returning contact: the agent remembers their last conversations.
+
+        Earlier sessions no longer change, so they are read once per session, not on
+        every turn (a phone call has many short turns); an erase empties the cache.
+        """
+        assert session.contact is not None
+        limits = config.limits
+        key = (limits.history_conversations, limits.history_messages)
+        cached = self._history.get(session.id)
+        if cached is not None and cached[0] == key:
+            self._history.move_to_end(session.id)
+            return cached[1]
+        restored = await self.store.previous_messages(
+            agent_id=session.agent_id,
+            contact_id=session.contact.id,
+            before_session=session.id,
+            conversations=limits.history_conversations,
+            limit=limits.history_messages,
+        )
+        self._history[session.id] = (key, restored)
+        if len(self._history) > HISTORY_CACHE_SESSIONS:
+            self._history.popitem(last=False)
+        return restored
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

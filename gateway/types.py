@@ -55,6 +55,8 @@ class EventType(StrEnum):
     BOT_TOKEN = "bot.token"
     BOT_MESSAGE = "bot.message"
     BOT_CANCELLED = "bot.cancelled"  # live only: a reply stopped before it was complete
+    # Session readers only: the agent has written its last delta (the reply is being stored).
+    BOT_STREAM_END = "bot.streamEnd"
     MESSAGE_STATUS = "message.status"
     TOOL_CALL = "llm.toolCall"
     TOOL_RESULT = "llm.toolResult"

@@ -59,6 +59,8 @@ class RelayConnection:
         self.speaking: str | None = None
         self._streamed: dict[str, list[str]] = {}  # message id -> tokens sent
         self._open_cycle: str | None = None  # a reply whose `last: true` is still owed
+        # A reply fully said but not stored yet (between `bot.streamEnd` and `bot.message`).
+        self.storing: str | None = None
         # Replies the caller cut off: their deltas still queued on the bus must not be said.
         self._cut: set[str] = set()
         self._partial = ""
@@ -200,6 +202,12 @@ class RelayConnection:
             elif kind == b"bot.message":
                 obj = json.loads(body)
                 await self._bot_message(obj)
+            elif kind == b"bot.streamEnd":
+                obj = json.loads(body)
+                if self._open_cycle == obj.get("messageId"):
+                    self._open_cycle = None
+                    self.storing = obj.get("messageId")
+                    await self.send(rp.text("", True))
             elif kind == b"bot.cancelled":
                 obj = json.loads(body)
                 if self._open_cycle == obj.get("messageId"):
@@ -220,6 +228,8 @@ class RelayConnection:
 
     async def _bot_message(self, obj: dict[str, Any]) -> None:
         mid = obj.get("messageId")
+        if self.storing == mid:
+            self.storing = None
         if self.ended or obj.get("greeting") or obj.get("interrupted"):
             if obj.get("greeting"):
                 self.speaking = mid  # Twilio says the welcome greeting itself

@@ -421,7 +421,10 @@ class TwilioVoice:
         if self.rt.stopping.is_set():
             return  # the reply stays pending; Twilio's action callback reconnects after the restart
         mid, said = conn.streamed_text()
-        if not conn.ended and (mid is not None or self.rt.service.turns.busy(sid)):
+        # A reply already said in full is being stored: let it be. Otherwise the reply
+        # in progress (or the turn not yet speaking) stops with what the caller heard.
+        stop = mid is not None or (conn.storing is None and self.rt.service.turns.busy(sid))
+        if not conn.ended and stop:
             try:
                 await self.rt.service.interrupt(sid, mid, said, data={"reason": "disconnected"})
             except GatewayError:

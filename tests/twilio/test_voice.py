@@ -38,11 +38,12 @@ async def events(g: Any, session_id: str | None = None, types: list[str] | None 
     return await g.runtime.store.events_after(0, session_id=session_id, types=types)
 
 
-async def wait_event(g: Any, session_id: str | None, type_: str, timeout: float = 10) -> Any:
+async def wait_event(g: Any, session_id: str | None, type_: str, timeout: float = 10, count: int = 1) -> Any:
+    """The latest stored event of a type, once there are `count` of them."""
     async with asyncio.timeout(timeout):
         while True:
-            found = [e for e in await events(g, session_id, [type_])]
-            if found:
+            found = await events(g, session_id, [type_])
+            if len(found) >= count:
                 return found[-1]
             await asyncio.sleep(0.03)
 
@@ -507,6 +508,8 @@ async def test_outbound_call_is_answered_and_greeting_stored(sqlite_url: str) ->
                 )
                 await relay.prompt("who is this")
                 assert (await relay.reply())[0] == "who is this"
+            # The caller hangs up right after the reply was said: it is still stored in full.
+            await wait_event(g, sid, "bot.message", count=2)
             messages = await g.runtime.store.messages(sid)
             assert [m.text for m in messages] == ["Hello!", "who is this", "who is this"]
 
@@ -545,6 +548,7 @@ async def test_gateway_restart_mid_call_reconnects_and_answers(db_url: str) -> N
             async with relay_socket(g) as relay:
                 await relay.send(setup_frame(call, params))
                 assert (await relay.reply())[0] == "one two three four five six"
+            await wait_event(g, sid, "bot.message")
             replies = [m.text for m in await g.runtime.store.messages(sid) if m.role == "assistant"]
             assert replies == ["one two three four five six"]
 
@@ -662,3 +666,28 @@ async def test_a_failed_turn_is_not_silence(sqlite_url: str) -> None:
                 "last": True,
             }
             assert (await wait_event(g, sid, "session.error")).data["code"] == "agent_error"
+
+
+async def test_a_returning_caller_is_remembered_until_the_old_call_is_erased(sqlite_url: str) -> None:
+    async with FakeOpenAI() as llm:
+        llm.script([text_reply("Hi Ada."), text_reply("Welcome back, Ada."), text_reply("Who are you?")])
+        agent = {"answer": "llm", "llm": {"base_url": llm.url, "model": "m"}}
+        async with twilio_gateway(sqlite_url, **agent) as (g, _):
+            async with connected_call(g, "CA" + "3" * 32) as (relay, first):
+                await relay.prompt("my name is Ada")
+                await relay.reply()
+                await wait_event(g, first, "bot.message")
+            async with g.client() as c:
+                assert (await c.post(f"/v1/calls/{first}/hangup")).status_code == 200
+                async with connected_call(g, "CA" + "4" * 32) as (relay, _second):
+                    await relay.prompt("hello again")
+                    assert (await relay.reply())[0] == "Welcome back, Ada."
+                    assert (await c.delete(f"/v1/sessions/{first}")).status_code == 200
+                    await relay.prompt("do you know me")
+                    assert (await relay.reply())[0] == "Who are you?"
+
+    def said(body: dict[str, Any]) -> list[str]:
+        return [m["content"] for m in body["messages"] if m["role"] != "system"]
+
+    assert said(llm.bodies[1]) == ["my name is Ada", "Hi Ada.", "hello again"]
+    assert said(llm.bodies[2]) == ["hello again", "Welcome back, Ada.", "do you know me"]
