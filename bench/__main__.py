@@ -1,4 +1,4 @@
-"""`python -m bench [--only chat,sse,memory,llm,webhook] [--quick] [--repeat N]`: run, print, save.
+"""`python -m bench [--only chat,sse,memory,llm,webhook,relay] [--quick] [--repeat N]`: run, print, save.
 
 Every benchmark measures the gateway and a baseline in the same run, each server in
 its own process (`bench.serve_gateway`, `bench.serve_bare`, and the fake upstreams
@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import chat, llm, memory, sse, webhook
+from bench import chat, llm, memory, relay, sse, webhook
 from bench.common import Profiling, Quiet, raise_nofile, run_async
 from bench.report import Row, table
 
-BENCHES = ("chat", "sse", "memory", "llm", "webhook")
+BENCHES = ("chat", "sse", "memory", "llm", "webhook", "relay")
 BUSY_WARNING_CORES = 0.25
 
 
@@ -108,6 +108,7 @@ def params_for(args: argparse.Namespace) -> dict[str, Any]:
             bad_seconds=1,
             warmup_s=0.5,
         )
+        r = relay.RelayParams(calls=2, prompts=10, conc_prompts=3, direct_turns=200, direct_warmup=20)
     else:
         c = chat.ChatParams(words=args.words, conc_chats=args.chats or 20)
         s = sse.SseParams(
@@ -119,7 +120,8 @@ def params_for(args: argparse.Namespace) -> dict[str, Any]:
         m = memory.MemoryParams(connections=args.connections or 500)
         lp = llm.LlmParams(chats=args.llm_chats or 150)
         w = webhook.WebhookParams(seconds=args.webhook_seconds or 10, concurrency=args.webhook_concurrency)
-    return {"chat": c, "sse": s, "memory": m, "llm": lp, "webhook": w}
+        r = relay.RelayParams()
+    return {"chat": c, "sse": s, "memory": m, "llm": lp, "webhook": w, "relay": r}
 
 
 def median_rows(runs: list[list[Row]]) -> list[Row]:
@@ -215,7 +217,7 @@ def main() -> int:
     Quiet.max_wait_s = args.wait_quiet
     params = params_for(args)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-logs-"))
-    modules = {"chat": chat, "sse": sse, "memory": memory, "llm": llm, "webhook": webhook}
+    modules = {"chat": chat, "sse": sse, "memory": memory, "llm": llm, "webhook": webhook, "relay": relay}
     rows: list[Row] = []
     details: dict[str, Any] = {}
     started = time.monotonic()
