@@ -380,7 +380,6 @@ class ConversationService:
         spoken: str,
         *,
         data: Mapping[str, Any] | None = None,
-        emit: EventType = EventType.CALL_INTERRUPTED,
     ) -> None:
         """The person cut the reply short (a phone call): keep only what they heard.
 
@@ -394,7 +393,11 @@ class ConversationService:
         stored = next((m for m in messages if m.id == message_id), None) if message_id else None
         info: dict[str, Any] = {"messageId": message_id, "spoken": spoken, **(data or {})}
         notice = Event(
-            type=emit, agent=session.agent_id, session_id=session_id, channel=session.channel, data=info
+            type=EventType.CALL_INTERRUPTED,
+            agent=session.agent_id,
+            session_id=session_id,
+            channel=session.channel,
+            data=info,
         )
         if stored is not None:
             if stored.text != spoken and stored.role == "assistant":

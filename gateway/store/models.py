@@ -119,7 +119,7 @@ class SessionRow(Base):
     # WhatsApp: the customer-service window closed early (a 131047 / 63016 failure).
     window_closed_at: Mapped[int | None]
     # The channel address of the business side (a WhatsApp phone_number_id, a Twilio number).
-    endpoint: Mapped[str | None] = mapped_column(String(128))
+    endpoint: Mapped[str | None] = mapped_column(String(128), index=True)  # a call is found by CallSid
 
 
 class MessageRow(Base):
