@@ -67,3 +67,9 @@ class Delivery(Protocol):
 
 def provider_of(session: SessionRecord) -> str | None:
     return session.endpoint.split(":", 1)[0] if session.endpoint else None
+
+
+def endpoint_address(session: SessionRecord | OutboxItem) -> str:
+    """The business side of an endpoint: `whatsapp:<pnid>` -> pnid, `twilio:<number>` -> number."""
+    endpoint = session.endpoint or ""
+    return endpoint.split(":", 1)[1] if ":" in endpoint else ""

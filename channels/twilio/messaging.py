@@ -33,7 +33,7 @@ from channels.twilio.accounts import PROVIDER, Binding, TwilioAccounts, read_for
 from channels.twilio.errors import OUTSIDE_WINDOW, TwilioError
 from channels.twilio.render import render_bodies
 from channels.twilio.signature import matching_token, public_url
-from gateway.delivery import SendFailed
+from gateway.delivery import SendFailed, endpoint_address
 from gateway.errors import BadRequest, Unauthorized
 from gateway.events import ContactRef, Event, InboundMessage
 from gateway.limits import WINDOW_MS
@@ -319,8 +319,7 @@ class TwilioMessaging:
     # ----------------------------------------------------------- delivery
 
     def _binding_of(self, session: SessionRecord | OutboxItem) -> Binding:
-        endpoint = session.endpoint or ""
-        number = endpoint.split(":", 1)[1] if ":" in endpoint else ""
+        number = endpoint_address(session)
         binding = self.accounts.get(number)
         if binding is None:
             raise SendFailed("unknown_number", f"no Twilio number {number!r} is configured", retryable=False)
@@ -330,8 +329,7 @@ class TwilioMessaging:
         self, session: SessionRecord, text: str, reply_to: MessageRecord | None
     ) -> list[dict[str, Any]]:
         # Twilio threads nothing (no reply context on SMS or WhatsApp sends): `reply_to` is unused.
-        endpoint = session.endpoint or ""
-        from_ = endpoint.split(":", 1)[1] if ":" in endpoint else ""
+        from_ = endpoint_address(session)
         whatsapp = session.channel == str(Channel.WHATSAPP)
         address = session.contact.address if session.contact else ""
         to = f"{WHATSAPP_PREFIX}+{address.lstrip('+')}" if whatsapp else address

@@ -34,7 +34,7 @@ from channels.whatsapp.signature import verify_signature, verify_token_matches
 from channels.whatsapp.transcribe import OpenAITranscriber, TranscriptionError
 from gateway import ids
 from gateway.api.http import opt_str, read_body, read_json
-from gateway.delivery import SendFailed
+from gateway.delivery import SendFailed, endpoint_address
 from gateway.errors import BadRequest, ConfigError, Conflict, NotFound, Unauthorized
 from gateway.events import ContactRef, Event, InboundMessage, now_ms
 from gateway.limits import WINDOW_MS
@@ -269,8 +269,7 @@ class WhatsAppChannel:
     # ----------------------------------------------------------- delivery
 
     def _number_of(self, session: SessionRecord | OutboxItem) -> Number:
-        endpoint = session.endpoint or ""
-        pnid = endpoint.split(":", 1)[1] if ":" in endpoint else ""
+        pnid = endpoint_address(session)
         number = self.numbers.get(pnid)
         if number is None:
             raise SendFailed("unknown_number", f"no WhatsApp number {pnid!r} is configured", retryable=False)

@@ -167,6 +167,18 @@ async def test_phone_call_end_to_end(db_url: str) -> None:
         assert session is not None and not session.active
 
 
+async def post_action(g: Any, call_sid: str, session_status: str, **more: str) -> httpx.Response:
+    """Twilio's `<Connect action>` callback after the relay session of a call in progress."""
+    form = {
+        "CallSid": call_sid,
+        "AccountSid": ACCOUNT_SID,
+        "CallStatus": "in-progress",
+        "SessionStatus": session_status,
+        **more,
+    }
+    return await signed_post(g, "/twilio/voice/action", form)
+
+
 async def _next_of(sse: SseReader, event: str) -> dict[str, Any]:
     while True:
         frame = await sse.next_event()
@@ -212,17 +224,7 @@ async def test_hang_up_from_the_api(sqlite_url: str) -> None:
         assert end["type"] == "end" and json.loads(end["handoffData"])["action"] == "hangup"
         ended = await wait_event(g, sid, "session.ended")
         assert ended.data["reason"] == "closed"
-        action = await signed_post(
-            g,
-            "/twilio/voice/action",
-            {
-                "CallSid": "CA" + "h" * 32,
-                "AccountSid": ACCOUNT_SID,
-                "CallStatus": "in-progress",
-                "SessionStatus": "ended",
-                "HandoffData": end["handoffData"],
-            },
-        )
+        action = await post_action(g, "CA" + "h" * 32, "ended", HandoffData=end["handoffData"])
         assert "<Hangup />" in action.text
 
 
@@ -248,17 +250,7 @@ async def test_forward_digits_and_language(sqlite_url: str) -> None:
         assert (await wait_event(g, sid, "call.forwarded")).data["to"] == "+15558675309"
         ended = await wait_event(g, sid, "session.ended")
         assert ended.data["forwardedTo"] == "+15558675309"
-        action = await signed_post(
-            g,
-            "/twilio/voice/action",
-            {
-                "CallSid": "CA" + "f" * 32,
-                "AccountSid": ACCOUNT_SID,
-                "CallStatus": "in-progress",
-                "SessionStatus": "ended",
-                "HandoffData": end["handoffData"],
-            },
-        )
+        action = await post_action(g, "CA" + "f" * 32, "ended", HandoffData=end["handoffData"])
         assert "<Dial>+15558675309</Dial>" in action.text
 
 
@@ -363,17 +355,7 @@ async def test_socket_drop_mid_reply_stores_it_interrupted_and_the_call_reconnec
         assert said.startswith("one two") and "ten" not in said
         messages = await g.runtime.store.messages(sid)
         assert not any(m.pending for m in messages)
-        action = await signed_post(
-            g,
-            "/twilio/voice/action",
-            {
-                "CallSid": call,
-                "AccountSid": ACCOUNT_SID,
-                "CallStatus": "in-progress",
-                "SessionStatus": "failed",
-                "ErrorCode": "64105",
-            },
-        )
+        action = await post_action(g, call, "failed", ErrorCode="64105")
         assert "<ConversationRelay" in action.text and relay_params(action.text)["sessionId"] == sid
         assert "welcomeGreeting" not in action.text
         async with relay_socket(g) as relay:
@@ -533,16 +515,7 @@ async def test_gateway_restart_mid_call_reconnects_and_answers(db_url: str) -> N
         async with run_gateway(settings, env=ENV, port=port) as g:
             pending = [m.text for m in await g.runtime.store.messages(sid) if m.pending]
             assert pending == ["one two three four five six"]  # not answered into the void on start
-            action = await signed_post(
-                g,
-                "/twilio/voice/action",
-                {
-                    "CallSid": call,
-                    "AccountSid": ACCOUNT_SID,
-                    "CallStatus": "in-progress",
-                    "SessionStatus": "failed",
-                },
-            )
+            action = await post_action(g, call, "failed")
             params = relay_params(action.text)
             assert params["sessionId"] == sid
             async with relay_socket(g) as relay:
