@@ -133,5 +133,14 @@ class Outbox:
                 else:
                     await outbox.mark_failed(item.id, error.as_json())
             else:
-                await outbox.mark_sent(item.id, provider_id)
+                try:
+                    await outbox.mark_sent(item.id, provider_id)
+                except Exception:
+                    # It went out; only the record failed. The part stays `sending`, which a
+                    # restart turns into `uncertain`: settled by a receipt, never sent again.
+                    log.exception(
+                        "a sent part (%s) could not be recorded",
+                        provider_id,
+                        extra={"session_id": item.session_id, "message_id": item.message_id},
+                    )
         self.wake()  # the session's next part may go now

@@ -21,8 +21,8 @@ as Twilio does. Built on ScriptedServer, so stalls are real pauses on a real soc
 from __future__ import annotations
 
 import base64
-import itertools
 import json
+import secrets
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +54,6 @@ class FakeTwilio(ScriptedServer):
         self.call_updates: list[tuple[str, Form]] = []
         self._failures: deque[_Failure] = deque()
         self._stalls: deque[float] = deque()
-        self._ids = itertools.count(1)
 
     def fail_next(
         self,
@@ -122,7 +121,7 @@ class FakeTwilio(ScriptedServer):
                 400, _error(400, 21617, "The concatenated message body exceeds the 1600 character limit.")
             )
         self.messages.append(form)
-        sid = f"SM{next(self._ids):032x}"
+        sid = f"SM{secrets.token_hex(16)}"  # random, as Twilio's are: never an inbound's sid
         return _json(
             201,
             {
@@ -144,7 +143,7 @@ class FakeTwilio(ScriptedServer):
         if not form.get("Twiml") and not form.get("Url"):
             return _json(400, _error(400, 21205, "Url or Twiml is required"))
         self.calls.append(form)
-        sid = f"CA{next(self._ids):032x}"
+        sid = f"CA{secrets.token_hex(16)}"
         return _json(201, {"sid": sid, "status": "queued", "to": form["To"][0], "from": form["From"][0]})
 
 
