@@ -50,6 +50,7 @@ class FakeTwilio(ScriptedServer):
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.messages: list[Form] = []
+        self.message_sids: list[str] = []  # the sid given to each of `messages`
         self.calls: list[Form] = []
         self.call_updates: list[tuple[str, Form]] = []
         self._failures: deque[_Failure] = deque()
@@ -122,6 +123,7 @@ class FakeTwilio(ScriptedServer):
             )
         self.messages.append(form)
         sid = f"SM{secrets.token_hex(16)}"  # random, as Twilio's are: never an inbound's sid
+        self.message_sids.append(sid)
         return _json(
             201,
             {

@@ -147,7 +147,7 @@ async def test_sms_in_reply_out_once_with_a_status_callback(db_url: str) -> None
         assert session.contact.address == CALLER and session.endpoint == f"twilio:{SMS_NUMBER}"
         reply = (await g.runtime.store.messages(session.id))[-1]
         assert one(sent, "StatusCallback") == f"{PUBLIC}/twilio/messaging/status?k={reply.id}%3A0"
-        assert await sent_sid(g, reply.id) == f"SM{1:032x}"
+        assert await sent_sid(g, reply.id) == fake.message_sids[0]
         events = await feed(g, session=session.id)
         await asyncio.sleep(0.2)
         assert len(fake.messages) == 1
@@ -615,9 +615,9 @@ async def test_a_receipt_that_overtakes_the_send_response_settles_the_part(sqlit
         session = await only_session(g)
         reply = (await g.runtime.store.messages(session.id))[-1]
         # The receipt finds the part by the key in its callback URL while the send is in flight.
-        assert (await post_status(g, callback, f"SM{1:032x}", "delivered")).status_code == 200
+        assert (await post_status(g, callback, fake.message_sids[0], "delivered")).status_code == 200
         parts = await g.runtime.store.outbox.outbox_for(reply.id)
-        assert parts[0]["delivery"] == "delivered" and parts[0]["providerMessageId"] == f"SM{1:032x}"
+        assert parts[0]["delivery"] == "delivered" and parts[0]["providerMessageId"] == fake.message_sids[0]
         await sent_sid(g, reply.id)
         await asyncio.sleep(1.2)
         parts = await g.runtime.store.outbox.outbox_for(reply.id)
