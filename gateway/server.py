@@ -29,6 +29,7 @@ from channels.sse.feed import FeedChannel
 from channels.twilio.accounts import PROVIDER as TWILIO
 from channels.twilio.accounts import TwilioAccounts
 from channels.twilio.messaging import TwilioMessaging
+from channels.twilio.outbound import TwilioOutbound
 from channels.twilio.voice import TwilioVoice
 from channels.whatsapp.channel import PROVIDER as WHATSAPP
 from channels.whatsapp.channel import WhatsAppChannel
@@ -167,6 +168,7 @@ def create_app(
     rt.agents.builtins.call_control = voice.control
     messaging = TwilioMessaging(rt, twilio)
     rt.deliveries[TWILIO] = messaging
+    outbound = TwilioOutbound(rt, twilio, messaging)
     routes: list[BaseRoute] = [Route("/v1/tokens", _preflight(rt), methods=["OPTIONS"])]
     for part in (
         TokenRoutes(rt),
@@ -178,6 +180,7 @@ def create_app(
         AgentSocket(rt, rt.agents.hub),
         whatsapp,
         messaging,
+        outbound,
         voice,
         OpsRoutes(rt),
     ):

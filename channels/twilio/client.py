@@ -38,9 +38,18 @@ class TwilioClient:
         body: str | None,
         media_urls: Sequence[str] = (),
         status_callback: str | None = None,
+        content_sid: str | None = None,
+        content_variables: str | None = None,
     ) -> dict[str, Any]:
-        """Create a Message (SMS, MMS or WhatsApp); returns Twilio's resource (`sid`, `status`)."""
+        """Create a Message (SMS, MMS or WhatsApp); returns Twilio's resource (`sid`, `status`).
+
+        With `content_sid` it is an approved Content template (`content_variables`: JSON).
+        """
         form: list[tuple[str, str]] = [("To", to), ("From", from_)]
+        if content_sid:
+            form.append(("ContentSid", content_sid))
+            if content_variables:
+                form.append(("ContentVariables", content_variables))
         if body:
             form.append(("Body", body))
         form.extend(("MediaUrl", url) for url in media_urls)

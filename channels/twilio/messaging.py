@@ -360,6 +360,8 @@ class TwilioMessaging:
                 to=str(payload.get("to") or ""),
                 body=str(payload.get("body") or "") or None,
                 media_urls=[str(u) for u in media] if isinstance(media, list) else [],
+                content_sid=_str(payload.get("contentSid")),
+                content_variables=_str(payload.get("contentVariables")),
                 # The key comes back on every status callback: after a crash it proves a part went out.
                 status_callback=self._status_callback(item.idempotency_key),
             )

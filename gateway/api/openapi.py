@@ -261,6 +261,14 @@ def openapi_document() -> dict[str, Any]:
                     errors=("400", "401", "415"),
                 )
             },
+            "/v1/agents/{agent}/twilio/messages": {
+                "post": _op(
+                    "Start an SMS conversation (text) or a WhatsApp one (a Content template) via Twilio",
+                    ok="202",
+                    params=[_p("agent")],
+                    errors=("400", "401", "403", "404", "409", "415"),
+                )
+            },
             "/v1/calls": {
                 "post": _op(
                     "Place an outbound phone call through Twilio",

@@ -115,7 +115,7 @@ class FakeTwilio(ScriptedServer):
             return _json(400, _error(400, 21604, "A 'To' phone number is required."))
         if not form.get("From"):
             return _json(400, _error(400, 21603, "A 'From' phone number is required."))
-        if not form.get("Body") and not form.get("MediaUrl"):
+        if not form.get("Body") and not form.get("MediaUrl") and not form.get("ContentSid"):
             return _json(400, _error(400, 21602, "Message body is required."))
         if len(form.get("Body", [""])[0]) > 1600:
             return _json(

@@ -1,0 +1,144 @@
+"""`POST /v1/agents/{agent}/twilio/messages`: the business writes first, by SMS or WhatsApp.
+
+A new session (`direction: "outbound"`) is started with the contact and the message
+goes out through the outbox like any reply, so a reply from the contact lands in that
+session. WhatsApp allows free-form text only inside the 24-hour window, so a new
+WhatsApp conversation is opened with an approved template (`contentSid`, Twilio's
+Content API); SMS takes text (or a template too).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+
+from channels.twilio.accounts import PROVIDER, Binding, TwilioAccounts
+from channels.twilio.messaging import WHATSAPP_PREFIX, TwilioMessaging
+from gateway import ids
+from gateway.api.http import opt_str, read_json
+from gateway.conversations import check_text
+from gateway.errors import BadRequest, Conflict
+from gateway.events import ContactRef, Event, now_ms
+from gateway.runtime import Runtime
+from gateway.store.outbox import OutboxPart
+from gateway.store.sql import NewMessage
+from gateway.types import Channel, EventType
+
+E164 = re.compile(r"^\+[1-9][0-9]{4,15}$")
+CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
+
+
+class TwilioOutbound:
+    def __init__(self, runtime: Runtime, accounts: TwilioAccounts, messaging: TwilioMessaging) -> None:
+        self.rt = runtime
+        self.accounts = accounts
+        self.messaging = messaging
+
+    def routes(self) -> list[BaseRoute]:
+        return [Route("/v1/agents/{agent}/twilio/messages", self.start, methods=["POST"])]
+
+    async def start(self, request: Request) -> JSONResponse:
+        agent_id = request.path_params["agent"]
+        principal = await self.rt.auth.api_key(request.headers)
+        config = self.rt.directory.get(agent_id)
+        principal.check(agent_id)
+        body = await read_json(request, 65_536)
+        raw_to = opt_str(body, "to", max_len=64) or ""
+        whatsapp = raw_to.startswith(WHATSAPP_PREFIX)
+        to = raw_to.removeprefix(WHATSAPP_PREFIX)
+        if not E164.match(to):
+            raise BadRequest(
+                "`to` must be an E.164 number (`+14155550123`, or `whatsapp:+14155550123`)", code="invalid_to"
+            )
+        binding = self._sender(agent_id, opt_str(body, "from", max_len=64), whatsapp=whatsapp)
+        text = body.get("text")
+        content_sid = opt_str(body, "contentSid", max_len=64)
+        variables = body.get("contentVariables")
+        if content_sid is not None and not CONTENT_SID.match(content_sid):
+            raise BadRequest("`contentSid` is a Content template sid (HX + 32 hex)", code="invalid_template")
+        if variables is not None and (content_sid is None or not isinstance(variables, dict)):
+            raise BadRequest(
+                "`contentVariables` is an object, sent with `contentSid`", code="invalid_template"
+            )
+        if content_sid is None:
+            if whatsapp:
+                raise Conflict(
+                    "a WhatsApp conversation is opened with an approved template (`contentSid`): "
+                    "free-form text is allowed only within 24 hours of the contact's last message",
+                    code="template_required",
+                )
+            text = check_text(text, config.limits.max_text_chars)
+        elif text is not None:
+            raise BadRequest("send either `text` or `contentSid`, not both", code="invalid_template")
+        metadata = body.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise BadRequest("`metadata` must be an object", code="invalid_metadata")
+        channel = Channel.WHATSAPP if whatsapp else Channel.SMS
+        session = await self.rt.service.start_session(
+            agent_id=agent_id,
+            channel=channel,
+            contact=ContactRef(channel=channel, address=to.lstrip("+") if whatsapp else to),
+            direction="outbound",
+            metadata=metadata,
+            endpoint=f"{PROVIDER}:{binding.config.number}",
+        )
+        if content_sid is not None:
+            payloads: list[dict[str, Any]] = [
+                {
+                    "to": raw_to if whatsapp else to,
+                    "from": binding.config.number,
+                    "contentSid": content_sid,
+                    "contentVariables": json.dumps(variables or {}),
+                }
+            ]
+            shown = f"[template: {content_sid}]"
+        else:
+            shown = str(text)
+            payloads = self.messaging.render(session, shown, None)
+        message_id = ids.message_id()
+        data: dict[str, Any] = {"messageId": message_id, "text": shown, "source": "agent"}
+        if content_sid is not None:
+            data["template"] = content_sid
+        await self.rt.store.record_reply(
+            session_id=session.id,
+            answered=[],
+            messages=[NewMessage(id=message_id, role="assistant", text=shown)],
+            outbox=[OutboxPart(payload=p, part=i, parts=len(payloads)) for i, p in enumerate(payloads)],
+            events=[
+                Event(
+                    type=EventType.BOT_MESSAGE,
+                    agent=agent_id,
+                    session_id=session.id,
+                    channel=session.channel,
+                    ts=now_ms(),
+                    data=data,
+                )
+            ],
+        )
+        self.rt.outbox.wake()
+        return JSONResponse(
+            {"sessionId": session.id, "messageId": message_id, "status": "queued"}, status_code=202
+        )
+
+    def _sender(self, agent_id: str, from_: str | None, *, whatsapp: bool) -> Binding:
+        mine = [
+            b
+            for b in self.accounts.by_number.values()
+            if b.agent_id == agent_id and b.config.whatsapp == whatsapp
+        ]
+        kind = "WhatsApp sender" if whatsapp else "SMS number"
+        if from_:
+            found = next((b for b in mine if from_ in (b.config.number, b.config.e164)), None)
+            if found is None:
+                raise BadRequest(f"agent {agent_id!r} has no Twilio {kind} {from_}", code="unknown_number")
+            return found
+        if not mine:
+            raise BadRequest(f"agent {agent_id!r} has no Twilio {kind}", code="unknown_number")
+        if len(mine) > 1:
+            raise BadRequest(f"agent {agent_id!r} has several: say which with `from`", code="from_required")
+        return mine[0]
