@@ -12,6 +12,7 @@ from starlette.datastructures import ImmutableMultiDict
 from starlette.requests import Request
 
 from channels.twilio.client import TwilioClient
+from channels.whatsapp.transcribe import transcribers_for
 from gateway.api.http import read_body
 from gateway.errors import BadRequest, ConfigError
 from gateway.runtime import Runtime
@@ -38,6 +39,7 @@ class TwilioAccounts:
     def __init__(self, runtime: Runtime, env: Mapping[str, str], http: httpx.AsyncClient) -> None:
         self.rt = runtime
         self.by_number: dict[str, Binding] = {}
+        self.transcribers = transcribers_for(runtime, env, http)
         for agent_id in runtime.directory.ids():
             for cfg in runtime.directory.get(agent_id).twilio:
                 sid = env.get(cfg.account_sid_env, "")

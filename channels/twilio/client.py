@@ -84,6 +84,29 @@ class TwilioClient:
             form.append(("Status", status))
         return await self._post(f"Calls/{call_sid}.json", form)
 
+    async def download(self, url: str, *, max_bytes: int) -> tuple[bytes, str]:
+        """A media file of a message (`MediaUrlN`): Twilio redirects it to storage; basic auth
+        is needed when the account protects its media."""
+        try:
+            async with self._http.stream("GET", url, auth=self._auth, follow_redirects=True) as response:
+                if not response.is_success:
+                    raise TwilioError(
+                        f"media download answered HTTP {response.status_code}",
+                        status=response.status_code,
+                        retryable=response.status_code >= 500 or response.status_code == 429,
+                    )
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise TwilioError(f"media larger than {max_bytes} bytes", retryable=False)
+                    chunks.append(chunk)
+                mime = response.headers.get("content-type", "").split(";", 1)[0].strip()
+                return b"".join(chunks), mime
+        except httpx.HTTPError as exc:
+            raise TwilioError(f"media download failed: {exc!r}", retryable=True) from exc
+
     async def _post(self, resource: str, form: list[tuple[str, str]]) -> dict[str, Any]:
         try:
             response = await self._http.post(self._url(resource), data=_encode(form), auth=self._auth)

@@ -17,6 +17,7 @@ back; `undelivered` and `failed` are final, and a 63016 closes the WhatsApp wind
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from channels.twilio.accounts import PROVIDER, Binding, TwilioAccounts, read_for
 from channels.twilio.errors import OUTSIDE_WINDOW, TwilioError
 from channels.twilio.render import render_bodies
 from channels.twilio.signature import matching_token, public_url
+from channels.whatsapp.transcribe import TranscriptionError
 from gateway.delivery import SendFailed, endpoint_address
 from gateway.errors import BadRequest, Unauthorized
 from gateway.events import ContactRef, Event, InboundMessage
@@ -48,6 +50,7 @@ UNROUTABLE = "_unroutable"
 WHATSAPP_PREFIX = "whatsapp:"
 MAX_MEDIA = 20  # Twilio sends at most 10; a bogus NumMedia never makes us loop far
 STATUS_PATH = "/twilio/messaging/status"
+MAX_AUDIO_BYTES = 16 * 1024 * 1024
 
 # Twilio's MessageStatus -> the outbox's delivery status. Statuses not listed
 # (queued, sending, accepted, scheduled, receiving, received, partially_delivered)
@@ -385,6 +388,35 @@ class TwilioMessaging:
                 "no_sid", "Twilio accepted the message but returned no sid", retryable=False, maybe_sent=True
             )
         return sid
+
+    async def prepare(self, session: SessionRecord, pending: list[MessageRecord]) -> list[MessageRecord]:
+        """Transcribe audio (WhatsApp voice notes, MMS audio) before the agent reads it.
+
+        Runs inside the turn, after the webhook's 200; without a transcriber, or when it
+        fails, the agent reads `[audio]` as before.
+        """
+        transcriber = self.accounts.transcribers.get(session.agent_id)
+        if transcriber is None:
+            return pending
+        out = []
+        for m in pending:
+            audio = next((p for p in m.parts if isinstance(p, dict) and p.get("kind") == "audio"), None)
+            if audio is None or not m.text.startswith("[audio") or not audio.get("url"):
+                out.append(m)
+                continue
+            try:
+                data, mime = await self._binding_of(session).client.download(
+                    str(audio["url"]), max_bytes=MAX_AUDIO_BYTES
+                )
+                said = await transcriber.transcribe(data, mime or str(audio.get("mimeType")), "audio")
+            except (TwilioError, TranscriptionError, SendFailed) as exc:
+                log.warning("audio %s not transcribed: %s", m.id, exc, extra={"session_id": session.id})
+                out.append(m)
+                continue
+            text = f"{m.text} {said.strip()}"
+            await self.rt.store.update_message(m.id, text=text, meta={"transcribed": True})
+            out.append(dataclasses.replace(m, text=text))
+        return out
 
     async def typing(self, session: SessionRecord, message: MessageRecord) -> None:
         """SMS has no typing indicator; none is sent for WhatsApp via Twilio either."""

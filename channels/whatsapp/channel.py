@@ -31,7 +31,7 @@ from channels.whatsapp.parse import parse_webhook
 from channels.whatsapp.payloads import Change, WaMessage, WaStatus
 from channels.whatsapp.render import split_message, to_whatsapp_markdown
 from channels.whatsapp.signature import verify_signature, verify_token_matches
-from channels.whatsapp.transcribe import OpenAITranscriber, TranscriptionError
+from channels.whatsapp.transcribe import TranscriptionError, transcribers_for
 from gateway import ids
 from gateway.api.http import opt_str, read_body, read_json
 from gateway.delivery import SendFailed, endpoint_address
@@ -65,7 +65,7 @@ class WhatsAppChannel:
         self.rt = runtime
         self.http = http
         self.numbers: dict[str, Number] = {}
-        self.transcribers: dict[str, OpenAITranscriber] = {}
+        self.transcribers = transcribers_for(runtime, env, http)
         for agent_id in runtime.directory.ids():
             agent = runtime.directory.get(agent_id)
             for cfg in agent.whatsapp:
@@ -94,12 +94,6 @@ class WhatsAppChannel:
                         "(a number answers for one agent; use dev_routes to send some senders elsewhere)"
                     )
                 self.numbers[cfg.phone_number_id] = Number(agent_id, cfg, graph, secret)
-            if agent.transcriber is not None:
-                t = agent.transcriber
-                key = env.get(t.api_key_env, "") if t.api_key_env else ""
-                self.transcribers[agent_id] = OpenAITranscriber(
-                    http, t.base_url, t.model, key, timeout=t.timeout_seconds
-                )
         self._background: set[asyncio.Task[Any]] = set()
         self.secrets = sorted({n.secret for n in self.numbers.values() if n.secret})
         self.verify_tokens = [n.config.verify_token for n in self.numbers.values() if n.config.verify_token]

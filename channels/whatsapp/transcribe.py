@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import httpx
@@ -91,3 +92,14 @@ def _text(response: httpx.Response) -> str:
     if not isinstance(text, str):
         raise TranscriptionError("transcription response has no text", status=status)
     return text.strip()
+
+
+def transcribers_for(runtime: Any, env: Mapping[str, str], http: httpx.AsyncClient) -> dict[str, Transcriber]:
+    """One transcriber per agent that has a `[agents.<id>.transcriber]` table (any channel)."""
+    out: dict[str, Transcriber] = {}
+    for agent_id in runtime.directory.ids():
+        t = runtime.directory.get(agent_id).transcriber
+        if t is not None:
+            key = env.get(t.api_key_env, "") if t.api_key_env else ""
+            out[agent_id] = OpenAITranscriber(http, t.base_url, t.model, key, timeout=t.timeout_seconds)
+    return out

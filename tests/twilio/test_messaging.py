@@ -19,6 +19,7 @@ from gateway.store.records import OutboxItem, SessionRecord
 from gateway.store.sql import SessionQuery
 from tests.conftest import Running, SseReader, run_gateway
 from tests.fakes.openai_server import FakeOpenAI, text_reply
+from tests.fakes.scripted_http import Reply
 from tests.fakes.twilio_server import FakeTwilio
 from tests.twilio.helpers import (
     ACCOUNT_SID,
@@ -754,3 +755,44 @@ def test_parse_inbound_reads_referrals_and_replies() -> None:
     assert msg.meta() == {"provider": "twilio", "replyTo": "SM0", "numSegments": 1}
     no_waid = parse_inbound({"MessageSid": "SM2", "From": WA_CALLER, "To": WA_NUMBER})
     assert no_waid.sender == "15557654321" and no_waid.content() == ("unsupported", "[empty message]", [])
+
+
+async def test_whatsapp_voice_notes_via_twilio_are_transcribed(sqlite_url: str) -> None:
+    async with FakeOpenAI() as stt:
+        heard: list[Any] = []
+
+        def transcribe(request: Any) -> Reply:
+            heard.append(request)
+            return Reply(
+                headers={"content-type": "application/json"}, pieces=[b'{"text": "where is my parcel"}']
+            )
+
+        stt.route("/v1/audio/transcriptions", transcribe)
+        agent = {"transcriber": {"base_url": stt.url, "model": "whisper-1"}}
+        async with gateway(sqlite_url, **agent) as (g, fake):
+            # Twilio's media URL redirects to storage; the download carries the account's basic auth.
+            fake.route(
+                "/media/ME1", lambda r: Reply(status=307, headers={"location": f"{fake.base_url}/blob/ME1"})
+            )
+            fake.route(
+                "/blob/ME1", lambda r: Reply(headers={"content-type": "audio/ogg"}, pieces=[b"OggS-voice"])
+            )
+            form = sms(
+                "SM" + "v" * 32,
+                "",
+                from_=WA_CALLER,
+                to=WA_NUMBER,
+                NumMedia="1",
+                MediaUrl0=f"{fake.base_url}/media/ME1",
+                MediaContentType0="audio/ogg",
+                WaId=CALLER.lstrip("+"),
+            )
+            assert (await post_in(g, form)).status_code == 200
+            await wait_for(lambda: len(fake.messages) == 1)
+            assert one(fake.messages[0], "Body") == "[audio] where is my parcel"
+            session = await only_session(g)
+            user = (await g.runtime.store.messages(session.id))[0]
+            assert user.text == "[audio] where is my parcel" and user.meta and user.meta["transcribed"]
+            fetch = next(r for r in fake.requests if r.path == "/media/ME1")
+            assert fetch.headers["authorization"].startswith("Basic ")
+    assert b"OggS-voice" in heard[0].body
