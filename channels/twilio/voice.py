@@ -57,6 +57,7 @@ END_REASONS = {
     "canceled": "canceled",
 }
 MAX_RECONNECTS = 3
+CALL_KEY = "call"  # session.meta["call"]: CallSid, numbers, answer time, reconnects, language
 CREATE_CALL_ATTEMPTS = 3
 
 
@@ -223,12 +224,13 @@ class TwilioVoice:
             and call_status == "in-progress"
             and (error or form.get("SessionStatus") == "failed")
         ):
-            reconnects = int(session.meta.get("reconnects", 0))
-            if reconnects < MAX_RECONNECTS:
+            call = call_info(session)
+            reconnects = call.get("reconnects", 0)
+            if isinstance(reconnects, int) and reconnects < MAX_RECONNECTS:
                 # The relay dropped (our restart, a network cut): connect the call again.
                 log.info("call %s: relay failed (%s); reconnecting", call_sid, error)
                 await self.rt.store.update_session(
-                    session.id, meta={**session.meta, "reconnects": reconnects + 1}
+                    session.id, meta=with_call(session, reconnects=reconnects + 1)
                 )
                 return _xml(
                     self._relay_twiml(
@@ -237,7 +239,7 @@ class TwilioVoice:
                         session_id=session.id,
                         direction=session.direction,
                         greeting=None,
-                        language=session.meta.get("language"),
+                        language=_opt(call.get("language")),
                     )
                 )
         if session is not None and session.active:
@@ -267,7 +269,7 @@ class TwilioVoice:
     async def _call_session(self, call_sid: str | None, session_id: str | None) -> SessionRecord | None:
         if session_id:
             found = await self.rt.store.session(session_id)
-            if found is not None and found.meta.get("callSid") in (None, call_sid):
+            if found is not None and call_info(found).get("callSid") in (None, call_sid):
                 return found
         if not call_sid:
             return None
@@ -313,7 +315,9 @@ class TwilioVoice:
             await ws.send_text(json.dumps(rp.end({"reason": "unknown"})))
             await ws.close(1000, "no agent for this call")
             return
-        answered = int(session.meta.get("answeredAt") or now_ms())
+        answered = call_info(session).get("answeredAt")
+        if not isinstance(answered, int):
+            answered = now_ms()
         conn = RelayConnection(
             ws, self.rt, session, call_sid=setup.call_sid, answered_at_ms=answered, on_finish=self._finish
         )
@@ -343,21 +347,17 @@ class TwilioVoice:
         sid = params.get("sessionId") or ""
         existing = await self.rt.store.session(sid) if sid else None
         if existing is not None:
-            known = dict(existing.meta)
-            changed = False
-            if "answeredAt" not in known:
-                known["answeredAt"], changed = now_ms(), True
-            if known.get("callSid") != setup.call_sid:
-                known["callSid"], changed = setup.call_sid, True
-            if changed:
+            known = call_info(existing)
+            if "answeredAt" not in known or known.get("callSid") != setup.call_sid:
+                changes = {"callSid": setup.call_sid, "answeredAt": known.get("answeredAt") or now_ms()}
                 existing = (
                     await self.rt.store.update_session(
-                        existing.id, meta=known, endpoint=f"{VOICE}:{setup.call_sid}"
+                        existing.id, meta=with_call(existing, **changes), endpoint=f"{VOICE}:{setup.call_sid}"
                     )
                     or existing
                 )
             if existing.active and not any(m.role == "assistant" for m in await self.rt.store.messages(sid)):
-                await self._greeting(existing, params.get("greeting") or existing.meta.get("greeting"))
+                await self._greeting(existing, _opt(known.get("greeting")))
             return existing if existing.active else None
         agent_id = params.get("agent") or ""
         direction = params.get("direction") or ("outbound" if "outbound" in setup.direction else "inbound")
@@ -369,7 +369,7 @@ class TwilioVoice:
             agent_id = self.accounts.route(binding, setup.from_)
         caller = setup.from_ if direction == "inbound" else setup.to
         ours = setup.to if direction == "inbound" else setup.from_
-        meta: dict[str, Any] = {
+        call: dict[str, Any] = {
             "callSid": setup.call_sid,
             "relaySessionId": setup.session_id,
             "from": setup.from_,
@@ -378,9 +378,9 @@ class TwilioVoice:
             "answeredAt": now_ms(),
         }
         if setup.caller_name:
-            meta["callerName"] = setup.caller_name
+            call["callerName"] = setup.caller_name
         if setup.forwarded_from:
-            meta["forwardedFrom"] = setup.forwarded_from
+            call["forwardedFrom"] = setup.forwarded_from
         session = await self.rt.service.start_session(
             agent_id=agent_id,
             channel=Channel.PHONE,
@@ -388,7 +388,7 @@ class TwilioVoice:
             if caller
             else None,
             direction=direction,
-            metadata=meta,
+            metadata={CALL_KEY: call},
             endpoint=f"{VOICE}:{setup.call_sid}",
             session_id=sid if sid.startswith("call-") and len(sid) <= 64 else None,
         )
@@ -475,7 +475,7 @@ class TwilioVoice:
         else:
             await conn.send(rp.language(clean["language"]))
             await self.rt.store.update_session(
-                session_id, meta={**session.meta, "language": clean["language"]}
+                session_id, meta=with_call(session, language=clean["language"])
             )
         return {"sessionId": session_id, "action": action, "status": "ok"}
 
@@ -486,7 +486,7 @@ class TwilioVoice:
         if session is None or not session.active:
             return
         conn = self.live.get(session_id)
-        call_sid = session.meta.get("callSid")
+        call_sid = call_info(session).get("callSid")
         if action == "forward":
             to = str(args["to"])
             handoff: dict[str, Any] = {"action": "forward", "to": to}
@@ -513,7 +513,7 @@ class TwilioVoice:
 
     async def _rest_end(self, session: SessionRecord, call_sid: str, handoff: dict[str, Any]) -> None:
         """No relay socket (ringing, or it dropped): change the call through the REST API."""
-        binding = self.accounts.get(str(session.meta.get("number") or ""))
+        binding = self.accounts.get(str(call_info(session).get("number") or ""))
         if binding is None:
             log.warning("call %s: no Twilio number to end it through", call_sid)
             return
@@ -571,11 +571,9 @@ class TwilioVoice:
             direction="outbound",
             metadata={
                 **(metadata or {}),
-                "from": binding.config.number,
-                "to": to,
-                "number": binding.config.number,
-            }
-            | ({"greeting": greeting} if greeting else {}),
+                CALL_KEY: {"from": binding.config.number, "to": to, "number": binding.config.number}
+                | ({"greeting": greeting} if greeting else {}),
+            },
             session_id=ids.session_id(Channel.PHONE),
         )
         body_twiml = self._relay_twiml(
@@ -595,7 +593,7 @@ class TwilioVoice:
             ) from None
         call_sid = str(call.get("sid", ""))
         await self.rt.store.update_session(
-            session.id, meta={**session.meta, "callSid": call_sid}, endpoint=f"{VOICE}:{call_sid}"
+            session.id, meta=with_call(session, callSid=call_sid), endpoint=f"{VOICE}:{call_sid}"
         )
         return JSONResponse(
             {"sessionId": session.id, "callSid": call_sid, "status": call.get("status", "queued")},
@@ -634,6 +632,21 @@ class TwilioVoice:
                     min(5.0, exc.retry_after if exc.retry_after is not None else 0.5 * 2**attempt)
                 )
         raise AssertionError("unreachable")
+
+
+def call_info(session: SessionRecord) -> dict[str, Any]:
+    """The gateway's own facts about a call (`meta.call`), apart from the caller's metadata."""
+    call = session.meta.get(CALL_KEY)
+    return dict(call) if isinstance(call, dict) else {}
+
+
+def with_call(session: SessionRecord, **changes: Any) -> dict[str, Any]:
+    """The session's meta with `meta.call` updated."""
+    return {**session.meta, CALL_KEY: {**call_info(session), **changes}}
+
+
+def _opt(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _check_args(action: str, args: Mapping[str, Any]) -> dict[str, Any]:

@@ -476,8 +476,11 @@ async def test_outbound_call_is_answered_and_greeting_stored(sqlite_url: str) ->
     async with FakeTwilio(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN) as fake:
         async with run_gateway(twilio_settings(sqlite_url, fake, server=server), env=ENV, port=port) as g:
             async with g.client() as c:
+                # The caller's metadata never collides with the gateway's own call fields.
+                weird = {"answeredAt": "soon", "reconnects": "many", "callSid": 5, "number": []}
                 r = await c.post(
-                    "/v1/calls", json={"agent": "support", "to": "+14155551234", "greeting": "Hello!"}
+                    "/v1/calls",
+                    json={"agent": "support", "to": "+14155551234", "greeting": "Hello!", "metadata": weird},
                 )
                 assert r.status_code == 201, r.text
             sid, call_sid = r.json()["sessionId"], r.json()["callSid"]
@@ -494,6 +497,12 @@ async def test_outbound_call_is_answered_and_greeting_stored(sqlite_url: str) ->
             await wait_event(g, sid, "bot.message", count=2)
             messages = await g.runtime.store.messages(sid)
             assert [m.text for m in messages] == ["Hello!", "who is this", "who is this"]
+            action = await post_action(g, call_sid, "failed")
+            assert relay_params(action.text)["sessionId"] == sid  # reconnects despite the metadata
+            session = await g.runtime.store.session(sid)
+            assert session is not None
+            assert {k: session.meta[k] for k in weird} == weird
+            assert session.meta["call"]["callSid"] == call_sid and session.meta["call"]["reconnects"] == 1
 
 
 async def test_gateway_restart_mid_call_reconnects_and_answers(db_url: str) -> None:
