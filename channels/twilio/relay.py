@@ -253,7 +253,10 @@ class RelayConnection:
 
     async def _later(self, seconds: float, action: str, args: dict[str, Any]) -> None:
         await asyncio.sleep(seconds)
-        await self._on_finish(action, self.sid, args)
+        try:
+            await self._on_finish(action, self.sid, args)
+        except GatewayError as exc:  # e.g. the caller hung up first and Twilio refused the update
+            log.warning("%s after the reply failed: %s", action, exc.message, extra={"session_id": self.sid})
 
     def _close_cycle(self, message_id: str) -> None:
         if self._open_cycle == message_id:
