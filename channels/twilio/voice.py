@@ -87,13 +87,19 @@ class TwilioVoice:
     # ------------------------------------------------------------ webhooks
 
     async def _signed_form(self, request: Request) -> Mapping[str, str]:
+        form, _token = await self._signed(request)
+        return form
+
+    async def _signed(self, request: Request) -> tuple[Mapping[str, str], str]:
+        """The form and the auth token that signed it; 401 (nothing stored) otherwise."""
         form = await read_form(request)
         url = public_url(request.url, request.headers, self.rt.settings.server)
         tokens = self.accounts.tokens_for(form.get("AccountSid"))
-        if matching_token(url, form, request.headers.get("x-twilio-signature"), tokens) is None:
+        token = matching_token(url, form, request.headers.get("x-twilio-signature"), tokens)
+        if token is None:
             log.warning("refused a Twilio request to %s: invalid or missing X-Twilio-Signature", url)
             raise Unauthorized("invalid or missing X-Twilio-Signature", code="invalid_signature")
-        return form
+        return form, token
 
     def _base(self, request: Request) -> tuple[str, str]:
         """(https base, wss base) of the gateway as Twilio reaches it."""
@@ -124,7 +130,7 @@ class TwilioVoice:
         )
 
     async def incoming(self, request: Request) -> Response:
-        form = await self._signed_form(request)
+        form, token = await self._signed(request)
         call_sid, caller, called = form.get("CallSid"), form.get("From"), form.get("To")
         if not call_sid or not caller or not called:
             raise BadRequest("CallSid, From and To are required", code="invalid_webhook")
@@ -142,6 +148,9 @@ class TwilioVoice:
                 ]
             )
             return _xml(twiml.reject("rejected"))
+        if binding.token != token:
+            # Another account's token signed a call to this number: it is not theirs to route.
+            raise Unauthorized("the signing account does not own this number", code="invalid_signature")
         agent_id = self.accounts.route(binding, caller)
         config = self.rt.directory.get(agent_id)
         if binding.config.ringing:

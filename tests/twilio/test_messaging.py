@@ -343,6 +343,12 @@ async def test_another_accounts_token_cannot_speak_for_a_number(sqlite_url: str)
             assert (await signed_post(g, path, {**receipt, "AccountSid": ACCOUNT_SID})).status_code == 401
             r = await signed_post(g, path, {**receipt, "AccountSid": "AC" + "2" * 32}, token="second-token")
             assert r.status_code == 200
+            # Nor call it.
+            call = {"CallSid": "CA" + "9" * 32, "AccountSid": ACCOUNT_SID, "From": CALLER, "To": other}
+            assert (await signed_post(g, "/twilio/voice", call)).status_code == 401
+            call["AccountSid"] = "AC" + "2" * 32
+            r = await signed_post(g, "/twilio/voice", call, token="second-token")
+            assert r.status_code == 200 and "<ConversationRelay" in r.text
 
 
 # --------------------------------------------------------------- malformed requests
