@@ -12,7 +12,7 @@ import websockets
 
 from channels.twilio.signature import sign
 from gateway.client import Gateway, Session
-from tests.conftest import ADMIN, SseReader, free_port, run_gateway
+from tests.conftest import ADMIN, SseReader, free_port, make_settings, run_gateway
 from tests.fakes.openai_server import FakeOpenAI, error_reply, text_reply, tool_reply
 from tests.fakes.twilio_server import FakeTwilio
 from tests.twilio.helpers import (
@@ -673,3 +673,35 @@ async def test_a_returning_caller_is_remembered_until_the_old_call_is_erased(sql
 
     assert said(llm.bodies[1]) == ["my name is Ada", "Hi Ada.", "hello again"]
     assert said(llm.bodies[2]) == ["hello again", "Welcome back, Ada.", "do you know me"]
+
+
+async def test_the_phone_agent_example(sqlite_url: str) -> None:
+    from tests.client.test_client_gateway import load_example
+
+    example = load_example("phone_agent")
+    async with FakeTwilio(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN) as fake:
+        numbers = [{"number": SMS_NUMBER, "api_base_url": fake.base_url, "ringing": True}]
+        agents = {"receptionist": {"answer": "process", "twilio": numbers}}
+        async with run_gateway(make_settings(sqlite_url, agents=agents), env=ENV) as g:
+            gw = Gateway(g.url, api_key=ADMIN, reconnect_initial=0.05, reconnect_max=0.2, request_timeout=5.0)
+            example.build(gw, blocked=frozenset({"+15550009999"}))
+            gw.start()
+            try:
+                await gw.wait_ready(10)
+                busy = await incoming_call(g, "CA" + "b" * 32, from_="+15550009999")
+                assert '<Reject reason="busy" />' in busy.text
+                answer = await incoming_call(g, "CA" + "c" * 32)
+                assert 'welcomeGreeting="Thanks for calling Acme. How can I help?"' in answer.text
+                params = relay_params(answer.text)
+                async with relay_socket(g) as relay:
+                    await relay.send(setup_frame("CA" + "c" * 32, params))
+                    await relay.prompt("what are your opening hours")
+                    text, frames = await relay.reply()
+                    assert text.startswith("You said: what are your opening hours.") and len(frames) > 3
+                    await relay.prompt("can I talk to a person please")
+                    assert (await relay.reply())[0] == "Sure, I'm connecting you to a colleague now."
+                    end = await relay.recv()
+                    assert json.loads(end["handoffData"]) == {"action": "forward", "to": "+15558675309"}
+            finally:
+                async with asyncio.timeout(10):
+                    await gw.close()
