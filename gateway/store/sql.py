@@ -460,9 +460,16 @@ class Store:
         started = False
         srow_opt: SessionRow | None = None
         if session_id is not None:
-            srow_opt = await s.get(SessionRow, session_id)
-            if crow is None and srow_opt is not None:
-                crow = await _contact_of(s, srow_opt)
+            found = (
+                await s.execute(
+                    select(SessionRow, ContactRow)
+                    .outerjoin(ContactRow, SessionRow.contact_id == ContactRow.id)
+                    .where(SessionRow.id == session_id)
+                )
+            ).first()
+            srow_opt = found[0] if found is not None else None
+            if crow is None and found is not None:
+                crow = found[1]
         elif crow is not None:
             srow_opt = await s.scalar(
                 select(SessionRow)
@@ -536,10 +543,15 @@ class Store:
 
     async def session(self, session_id: str) -> SessionRecord | None:
         async with self._read() as s:
-            row = await s.get(SessionRow, session_id)
-            if row is None:
-                return None
-            return _session(row, await _contact_of(s, row))
+            # One statement, not two: every turn and most routes read a session.
+            found = (
+                await s.execute(
+                    select(SessionRow, ContactRow)
+                    .outerjoin(ContactRow, SessionRow.contact_id == ContactRow.id)
+                    .where(SessionRow.id == session_id)
+                )
+            ).first()
+            return None if found is None else _session(found[0], found[1])
 
     async def session_by_endpoint(self, endpoint: str) -> SessionRecord | None:
         """The latest session bound to a provider endpoint (e.g. a phone call's `twilio-voice:<CallSid>`)."""
