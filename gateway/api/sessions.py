@@ -67,6 +67,24 @@ def message_json(m: MessageRecord) -> dict[str, Any]:
     return out
 
 
+PREVIEW_CHARS = 200
+
+
+def _preview(m: MessageRecord | None) -> dict[str, Any] | None:
+    """A list row's last message: enough for a preview line, never a whole long text."""
+    if m is None:
+        return None
+    text = m.text if len(m.text) <= PREVIEW_CHARS else m.text[: PREVIEW_CHARS - 1] + "…"
+    return {
+        "messageId": m.id,
+        "role": m.role,
+        "source": m.source,
+        "type": m.type,
+        "text": text,
+        "createdAt": m.created_at,
+    }
+
+
 def _cursor(value: str | None) -> tuple[int, str] | None:
     if not value:
         return None
@@ -136,7 +154,9 @@ class SessionRoutes:
             next_cursor = (
                 base64.urlsafe_b64encode(f"{last.started_at}:{last.id}".encode()).decode().rstrip("=")
             )
-        return JSONResponse({"sessions": [session_json(s) for s in rows], "nextCursor": next_cursor})
+        newest = await self.rt.store.last_messages([s.id for s in rows])
+        sessions = [{**session_json(s), "lastMessage": _preview(newest.get(s.id))} for s in rows]
+        return JSONResponse({"sessions": sessions, "nextCursor": next_cursor})
 
     async def get(self, request: Request) -> JSONResponse:
         principal = await self.rt.auth.api_key(request.headers)

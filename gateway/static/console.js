@@ -250,6 +250,8 @@
         s.preview = { text: last.text, source: last.source || (last.role === "user" ? "user" : "agent") };
       } else if (typeof last === "string") {
         s.preview = { text: last, source: "" };
+      } else if (rec.lastMessage === null) {
+        state.previewTried.add(s.sessionId); // no message yet: nothing to fetch
       } else if (messages) {
         s.preview = previewFrom(messages) || s.preview;
       }
@@ -308,7 +310,7 @@
     fillPreviews();
   }
 
-  // The list API has no last message: fetch it for the first sessions shown.
+  // Rows from older gateways have no `lastMessage`: fetch it for the first sessions shown.
   async function fillPreviews() {
     if (!state.signedIn) return;
     const todo = visibleSessions()

@@ -553,6 +553,28 @@ class Store:
             ).first()
             return None if found is None else _session(found[0], found[1])
 
+    async def last_messages(self, session_ids: Sequence[str]) -> dict[str, MessageRecord]:
+        """The newest user or assistant message of each session (one query for a page of them)."""
+        if not session_ids:
+            return {}
+        newest = (
+            select(MessageRow.session_id, func.max(MessageRow.created_at).label("at"))
+            .where(MessageRow.session_id.in_(list(session_ids)), MessageRow.role.in_(("user", "assistant")))
+            .group_by(MessageRow.session_id)
+            .subquery()
+        )
+        async with self._read() as s:
+            rows = await s.scalars(
+                select(MessageRow)
+                .join(
+                    newest,
+                    and_(MessageRow.session_id == newest.c.session_id, MessageRow.created_at == newest.c.at),
+                )
+                .where(MessageRow.role.in_(("user", "assistant")))
+                .order_by(MessageRow.id)
+            )
+            return {r.session_id: _message(r) for r in rows}  # a tie: the later id wins
+
     async def session_by_endpoint(self, endpoint: str) -> SessionRecord | None:
         """The latest session bound to a provider endpoint (e.g. a phone call's `twilio-voice:<CallSid>`)."""
         async with self._read() as s:

@@ -113,10 +113,19 @@ async def test_sessions_list_filters_pagination_and_delete(gateway: Running) -> 
             "sessions"
         ]
         assert [s["sessionId"] for s in only] == [ids[3]]
+        # Each row carries its last message (the echo reply), so a list needs no second request.
+        last = only[0]["lastMessage"]
+        assert last["role"] == "assistant" and last["source"] == "agent" and last["text"] == "t3"
+        long = await c.post("/v1/agents/demo/messages", json={"text": "y" * 900, "sessionId": ids[2]})
+        assert long.status_code == 200
+        row = (await c.get("/v1/sessions?contact=c2")).json()["sessions"][0]
+        assert len(row["lastMessage"]["text"]) == 200 and row["lastMessage"]["text"].endswith("…")
         gone = await c.delete(f"/v1/sessions/{ids[3]}")
         assert gone.status_code == 200 and gone.json()["erased"] is True
         tomb = (await c.get(f"/v1/sessions/{ids[3]}")).json()
         assert tomb["status"] == "ended" and tomb["reason"] == "erased" and tomb["messages"] == []
+        erased_row = (await c.get("/v1/sessions?contact=c3")).json()["sessions"][0]
+        assert erased_row["lastMessage"] is None
         assert (await c.get("/v1/sessions/nope")).status_code == 404
         assert (await c.delete("/v1/sessions/nope")).status_code == 404
         assert (await c.get("/v1/sessions?limit=0")).status_code == 400
