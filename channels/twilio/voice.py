@@ -559,6 +559,9 @@ class TwilioVoice:
             raise BadRequest("`to` must be an E.164 number like +14155550123", code="invalid_to")
         binding = self._caller_id(agent_id, opt_str(body, "from", max_len=32))
         greeting = opt_str(body, "greeting", max_len=4096) or config.greeting
+        language = opt_str(body, "language", max_len=35)
+        if language is not None and not LANGUAGE.match(language):
+            raise BadRequest("`language` must be a code like es-ES", code="invalid_language")
         metadata = body.get("metadata")
         if metadata is not None and not isinstance(metadata, dict):
             raise BadRequest("`metadata` must be an object", code="invalid_metadata")
@@ -581,12 +584,18 @@ class TwilioVoice:
             metadata={
                 **(metadata or {}),
                 CALL_KEY: {"from": binding.config.number, "to": to, "number": binding.config.number}
-                | ({"greeting": greeting} if greeting else {}),
+                | ({"greeting": greeting} if greeting else {})
+                | ({"language": language} if language else {}),
             },
             session_id=ids.session_id(Channel.PHONE),
         )
         body_twiml = self._relay_twiml(
-            (http, ws), agent_id=agent_id, session_id=session.id, direction="outbound", greeting=greeting
+            (http, ws),
+            agent_id=agent_id,
+            session_id=session.id,
+            direction="outbound",
+            greeting=greeting,
+            language=language,
         )
         try:
             call = await self._create_call(

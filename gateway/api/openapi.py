@@ -281,6 +281,7 @@ def openapi_document() -> dict[str, Any]:
                             "to": {"type": "string", "pattern": "^\\+[1-9][0-9]{4,15}$"},
                             "from": {"type": "string"},
                             "greeting": {"type": "string"},
+                            "language": {"type": "string"},
                             "metadata": {"type": "object"},
                         },
                     },

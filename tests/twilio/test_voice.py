@@ -432,6 +432,7 @@ async def test_outbound_call_places_relay_twiml_and_no_answer_ends_it(sqlite_url
                         "to": "+14155551234",
                         "from": SMS_NUMBER,
                         "greeting": "Hi, a reminder from Acme.",
+                        "language": "es-ES",
                         "metadata": {"appointmentId": "a1"},
                     },
                 )
@@ -443,6 +444,7 @@ async def test_outbound_call_places_relay_twiml_and_no_answer_ends_it(sqlite_url
                 placed = fake.calls[0]
                 assert placed["To"] == ["+14155551234"] and placed["From"] == [SMS_NUMBER]
                 assert 'welcomeGreeting="Hi, a reminder from Acme."' in placed["Twiml"][0]
+                assert 'language="es-ES"' in placed["Twiml"][0]
                 assert relay_params(placed["Twiml"][0])["sessionId"] == sid
                 status_url = placed["StatusCallback"][0]
                 assert status_url == f"http://127.0.0.1:{port}/twilio/voice/status?session={sid}"
