@@ -33,7 +33,7 @@ from channels.twilio.errors import TwilioError
 from channels.twilio.relay import RelayConnection
 from channels.twilio.signature import matching_token, public_url
 from gateway import ids
-from gateway.api.http import opt_str, read_json
+from gateway.api.http import opt_str, read_body, read_json
 from gateway.calls import CALL_ACTIONS
 from gateway.errors import AgentError, BadRequest, Conflict, GatewayError, NotFound, Unauthorized
 from gateway.events import ContactRef, Event, now_ms
@@ -541,7 +541,8 @@ class TwilioVoice:
         session = await self.rt.store.session(session_id)
         if session is None or not principal.can_see(session.agent_id):
             raise NotFound("no such call", code="unknown_session")
-        body = await read_json(request, 65_536) if request.headers.get("content-length", "0") != "0" else {}
+        raw = await read_body(request, 65_536)
+        body = await read_json(request, 65_536, body=raw) if raw.strip() else {}  # no body: no arguments
         return JSONResponse(await self.control(session_id, action, body))
 
     # ------------------------------------------------------------ outbound
