@@ -61,9 +61,6 @@ class TwilioAccounts:
                 self.by_number[cfg.number] = Binding(agent_id, cfg, client, token)
         self.tokens = sorted({b.token for b in self.by_number.values() if b.token})
 
-    def __bool__(self) -> bool:
-        return bool(self.by_number)
-
     def get(self, number: str | None) -> Binding | None:
         return self.by_number.get(number or "")
 

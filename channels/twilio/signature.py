@@ -44,13 +44,6 @@ def public_url(url: URL, headers: Headers, server: ServerConfig, *, websocket: b
     return f"{scheme}://{netloc}{path}{query}"
 
 
-def http_base(server: ServerConfig, url: URL, headers: Headers) -> str:
-    """`https://host` for URLs the gateway hands to Twilio (callbacks, the relay)."""
-    full = public_url(url, headers, server)
-    parts = urlsplit(full)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
 def matching_token(url: str, params: Any, signature: str | None, tokens: Iterable[str]) -> str | None:
     """The auth token that signed this request, or None (missing or wrong signature).
 
