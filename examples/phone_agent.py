@@ -46,6 +46,7 @@ def build(gw: Gateway, *, transfer_to: str = "+15558675309", blocked: frozenset[
         "receptionist",
         greeting="Thanks for calling Acme. How can I help?",
         phone={
+            "ringing": True,  # screen calls here (or `ringing = true` on the number in gateway.toml)
             "language": "en-US",
             "idle_timeout_seconds": 30,
             "idle_warning_seconds": 10,

@@ -150,6 +150,9 @@ class PhoneConfig(_Model):
     idle_message: str | None = None
     # Said (not stored) when a turn fails, so the caller is not left in silence.
     error_message: str | None = "Sorry, I could not answer that. Could you say it again?"
+    # Screen every call to the agent's numbers with `call.ringing` (as `ringing` on a number
+    # does for that number); an agent process can turn it on when it registers.
+    ringing: bool = False
     # How long `call.ringing` waits for an agent process to accept or reject (then accepts).
     ringing_timeout_seconds: float = Field(default=5, gt=0)
     # How long a call whose relay socket dropped may take to reconnect before its session ends.

@@ -153,7 +153,7 @@ class TwilioVoice:
             raise Unauthorized("the signing account does not own this number", code="invalid_signature")
         agent_id = self.accounts.route(binding, caller)
         config = self.rt.directory.get(agent_id)
-        if binding.config.ringing:
+        if binding.config.ringing or config.phone.ringing:
             accepted, reason = await self._screen(agent_id, call_sid, caller, called)
             if not accepted:
                 return _xml(twiml.reject(reason or "busy"))

@@ -682,7 +682,7 @@ async def test_the_phone_agent_example(sqlite_url: str) -> None:
 
     example = load_example("phone_agent")
     async with FakeTwilio(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN) as fake:
-        numbers = [{"number": SMS_NUMBER, "api_base_url": fake.base_url, "ringing": True}]
+        numbers = [{"number": SMS_NUMBER, "api_base_url": fake.base_url}]  # the process turns screening on
         agents = {"receptionist": {"answer": "process", "twilio": numbers}}
         async with run_gateway(make_settings(sqlite_url, agents=agents), env=ENV) as g:
             gw = Gateway(g.url, api_key=ADMIN, reconnect_initial=0.05, reconnect_max=0.2, request_timeout=5.0)
