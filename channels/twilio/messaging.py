@@ -17,6 +17,7 @@ back; `undelivered` and `failed` are final, and a 63016 closes the WhatsApp wind
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Mapping
@@ -215,6 +216,7 @@ class TwilioMessaging:
         self.rt = runtime
         self.accounts = accounts
         self._warned_no_public_url = False
+        self._background: set[asyncio.Task[Any]] = set()
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -251,7 +253,7 @@ class TwilioMessaging:
             raise Unauthorized("the signing account does not own this number", code="invalid_signature")
         kind, text, parts = msg.content()
         contact = ContactRef(channel=msg.channel, address=msg.sender, name=msg.profile_name)
-        await self.rt.service.receive_many(
+        results = await self.rt.service.receive_many(
             [
                 InboundMessage(
                     agent=self.accounts.route(binding, msg.from_),
@@ -267,6 +269,13 @@ class TwilioMessaging:
                 )
             ]
         )
+        for result in results:
+            m = result.message
+            if m is not None and not m.pending and kind == "audio" and result.session.paused:
+                # Paused: no turn will transcribe it, but the operator still wants to read it.
+                task = asyncio.create_task(self.prepare(result.session, [m]))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         return _twiml()
 
     async def _unroutable(self, msg: TwilioInbound) -> None:

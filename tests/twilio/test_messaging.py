@@ -763,7 +763,8 @@ def test_parse_inbound_reads_referrals_and_replies() -> None:
     assert no_waid.sender == "15557654321" and no_waid.content() == ("unsupported", "[empty message]", [])
 
 
-async def test_whatsapp_voice_notes_via_twilio_are_transcribed(sqlite_url: str) -> None:
+@pytest.mark.parametrize("paused", [False, True])
+async def test_whatsapp_voice_notes_via_twilio_are_transcribed(sqlite_url: str, paused: bool) -> None:
     async with FakeOpenAI() as stt:
         heard: list[Any] = []
 
@@ -793,10 +794,19 @@ async def test_whatsapp_voice_notes_via_twilio_are_transcribed(sqlite_url: str) 
                 MediaContentType0="audio/ogg",
                 WaId=CALLER.lstrip("+"),
             )
+            if paused:  # a human has the conversation: no reply, but the operator can read it
+                async with g.client() as c:
+                    assert (await c.post("/v1/agents/support/pause")).status_code == 200
             assert (await post_in(g, form)).status_code == 200
-            await wait_for(lambda: len(fake.messages) == 1)
-            assert one(fake.messages[0], "Body") == "[audio] where is my parcel"
             session = await only_session(g)
+            if paused:
+                async with asyncio.timeout(10):
+                    while (await g.runtime.store.messages(session.id))[0].text == "[audio]":
+                        await asyncio.sleep(0.05)
+                assert fake.messages == []
+            else:
+                await wait_for(lambda: len(fake.messages) == 1)
+                assert one(fake.messages[0], "Body") == "[audio] where is my parcel"
             user = (await g.runtime.store.messages(session.id))[0]
             assert user.text == "[audio] where is my parcel" and user.meta and user.meta["transcribed"]
             fetch = next(r for r in fake.requests if r.path == "/media/ME1")
