@@ -27,7 +27,7 @@ from gateway.agents.base import (
     Turn,
 )
 from gateway.bus.facade import Bus
-from gateway.delivery import Delivery, provider_of
+from gateway.delivery import Delivery, Template, provider_of
 from gateway.directory import AgentDirectory
 from gateway.errors import BadRequest, Conflict, GatewayError, NotFound
 from gateway.events import ContactRef, Event, InboundMessage, now_ms
@@ -352,6 +352,34 @@ class ConversationService:
         if outbox:
             self.on_outbox()
         return message_id
+
+    async def send_template(self, session: SessionRecord, template: Template) -> str:
+        """Queue a provider-approved template: it may go out even when the 24-hour window is closed."""
+        message = NewMessage(
+            id=ids.message_id(), role="assistant", text=f"[template: {template.name}]", parts=[template.part]
+        )
+        await self.store.record_reply(
+            session_id=session.id,
+            answered=[],
+            messages=[message],
+            outbox=[OutboxPart(payload=template.payload, part=0, parts=1)],
+            events=[
+                Event(
+                    type=EventType.BOT_MESSAGE,
+                    agent=session.agent_id,
+                    session_id=session.id,
+                    channel=session.channel,
+                    data={
+                        "messageId": message.id,
+                        "text": message.text,
+                        "source": "agent",
+                        "template": template.name,
+                    },
+                )
+            ],
+        )
+        self.on_outbox()
+        return message.id
 
     async def request_human(self, session_id: str, reason: str) -> None:
         """The agent asked for a person: pause (without cancelling the turn asking) and alert."""

@@ -8,7 +8,8 @@ A session's provider is the prefix of its `endpoint` (`whatsapp:<phone_number_id
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from gateway.store.records import MessageRecord, OutboxItem, SessionRecord
 
@@ -62,6 +63,22 @@ class Delivery(Protocol):
 
     def window_open(self, session: SessionRecord, now_ms: int) -> bool:
         """May a free-form message be sent now (WhatsApp's 24-hour window)?"""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A provider-approved message (WhatsApp template, Twilio Content) ready to queue."""
+
+    name: str  # shown as the message text: `[template: <name>]`
+    payload: dict[str, Any]
+    part: dict[str, Any]  # stored on the message (`parts`)
+
+
+@runtime_checkable
+class TemplateSender(Protocol):
+    def template(self, session: SessionRecord, spec: dict[str, Any]) -> Template:
+        """The provider payload for `spec` (the request body); BadRequest when it is malformed."""
         ...
 
 

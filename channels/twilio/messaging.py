@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +38,7 @@ from channels.twilio.errors import OUTSIDE_WINDOW, TwilioError
 from channels.twilio.render import render_bodies
 from channels.twilio.signature import matching_token, public_url
 from channels.whatsapp.transcribe import TranscriptionError
-from gateway.delivery import SendFailed, endpoint_address
+from gateway.delivery import SendFailed, Template, endpoint_address
 from gateway.errors import BadRequest, Unauthorized
 from gateway.events import ContactRef, Event, InboundMessage
 from gateway.limits import WINDOW_MS
@@ -51,6 +53,7 @@ UNROUTABLE = "_unroutable"
 WHATSAPP_PREFIX = "whatsapp:"
 MAX_MEDIA = 20  # Twilio sends at most 10; a bogus NumMedia never makes us loop far
 STATUS_PATH = "/twilio/messaging/status"
+CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
 MAX_AUDIO_BYTES = 16 * 1024 * 1024
 
 # Twilio's MessageStatus -> the outbox's delivery status. Statuses not listed
@@ -397,6 +400,27 @@ class TwilioMessaging:
                 "no_sid", "Twilio accepted the message but returned no sid", retryable=False, maybe_sent=True
             )
         return sid
+
+    def template(self, session: SessionRecord, spec: dict[str, Any]) -> Template:
+        """A Content template (`{contentSid, contentVariables?}`): WhatsApp outside the window, or SMS."""
+        sid = spec.get("contentSid")
+        variables = spec.get("contentVariables")
+        if not isinstance(sid, str) or not CONTENT_SID.match(sid):
+            raise BadRequest("`contentSid` is a Content template sid (HX + 32 hex)", code="invalid_template")
+        if variables is not None and not isinstance(variables, dict):
+            raise BadRequest("`contentVariables` must be an object", code="invalid_template")
+        address = session.contact.address if session.contact else ""
+        whatsapp = session.channel == str(Channel.WHATSAPP)
+        return Template(
+            name=sid,
+            payload={
+                "to": f"{WHATSAPP_PREFIX}+{address.lstrip('+')}" if whatsapp else address,
+                "from": endpoint_address(session),
+                "contentSid": sid,
+                "contentVariables": json.dumps(variables or {}),
+            },
+            part={"kind": "template", "contentSid": sid, "variables": variables or {}},
+        )
 
     async def prepare(self, session: SessionRecord, pending: list[MessageRecord]) -> list[MessageRecord]:
         """Transcribe audio (WhatsApp voice notes, MMS audio) before the agent reads it.

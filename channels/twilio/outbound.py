@@ -9,7 +9,6 @@ Content API); SMS takes text (or a template too).
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -18,7 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from channels.twilio.accounts import PROVIDER, Binding, TwilioAccounts
-from channels.twilio.messaging import WHATSAPP_PREFIX, TwilioMessaging
+from channels.twilio.messaging import CONTENT_SID, WHATSAPP_PREFIX, TwilioMessaging
 from gateway import ids
 from gateway.api.http import opt_str, read_json
 from gateway.conversations import check_text
@@ -30,7 +29,6 @@ from gateway.store.sql import NewMessage
 from gateway.types import Channel, EventType
 
 E164 = re.compile(r"^\+[1-9][0-9]{4,15}$")
-CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
 
 
 class TwilioOutbound:
@@ -88,22 +86,14 @@ class TwilioOutbound:
             endpoint=f"{PROVIDER}:{binding.config.number}",
         )
         if content_sid is not None:
-            payloads: list[dict[str, Any]] = [
-                {
-                    "to": raw_to if whatsapp else to,
-                    "from": binding.config.number,
-                    "contentSid": content_sid,
-                    "contentVariables": json.dumps(variables or {}),
-                }
-            ]
-            shown = f"[template: {content_sid}]"
-        else:
-            shown = str(text)
-            payloads = self.messaging.render(session, shown, None)
+            spec = {"contentSid": content_sid, "contentVariables": variables}
+            template = self.messaging.template(session, spec)
+            message_id = await self.rt.service.send_template(session, template)
+            return _queued(session.id, message_id)
+        shown = str(text)
+        payloads = self.messaging.render(session, shown, None)
         message_id = ids.message_id()
         data: dict[str, Any] = {"messageId": message_id, "text": shown, "source": "agent"}
-        if content_sid is not None:
-            data["template"] = content_sid
         await self.rt.store.record_reply(
             session_id=session.id,
             answered=[],
@@ -121,9 +111,7 @@ class TwilioOutbound:
             ],
         )
         self.rt.outbox.wake()
-        return JSONResponse(
-            {"sessionId": session.id, "messageId": message_id, "status": "queued"}, status_code=202
-        )
+        return _queued(session.id, message_id)
 
     def _sender(self, agent_id: str, from_: str | None, *, whatsapp: bool) -> Binding:
         mine = [
@@ -142,3 +130,9 @@ class TwilioOutbound:
         if len(mine) > 1:
             raise BadRequest(f"agent {agent_id!r} has several: say which with `from`", code="from_required")
         return mine[0]
+
+
+def _queued(session_id: str, message_id: str) -> JSONResponse:
+    return JSONResponse(
+        {"sessionId": session_id, "messageId": message_id, "status": "queued"}, status_code=202
+    )

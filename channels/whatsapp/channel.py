@@ -32,18 +32,15 @@ from channels.whatsapp.payloads import Change, WaMessage, WaStatus
 from channels.whatsapp.render import split_message, to_whatsapp_markdown
 from channels.whatsapp.signature import verify_signature, verify_token_matches
 from channels.whatsapp.transcribe import TranscriptionError, transcribers_for
-from gateway import ids
 from gateway.api.http import opt_str, read_body, read_json
-from gateway.delivery import SendFailed, endpoint_address
+from gateway.delivery import SendFailed, Template, TemplateSender, endpoint_address, provider_of
 from gateway.errors import BadRequest, ConfigError, Conflict, NotFound, Unauthorized
-from gateway.events import ContactRef, Event, InboundMessage, now_ms
+from gateway.events import ContactRef, Event, InboundMessage
 from gateway.limits import WINDOW_MS
 from gateway.runtime import Runtime
 from gateway.settings import WhatsAppNumber
-from gateway.store.outbox import OutboxPart
 from gateway.store.records import MessageRecord, OutboxItem, SessionRecord
-from gateway.store.sql import NewMessage
-from gateway.types import Channel, EventType
+from gateway.types import Channel
 
 log = logging.getLogger("gateway.whatsapp")
 
@@ -342,14 +339,16 @@ class WhatsAppChannel:
         session = await self.rt.store.session(request.path_params["session_id"])
         if session is None or not principal.can_see(session.agent_id):
             raise NotFound("no such session", code="unknown_session")
-        if session.channel != str(Channel.WHATSAPP) or not (session.endpoint or "").startswith(
-            PROVIDER + ":"
-        ):
-            raise Conflict("templates are sent on WhatsApp Cloud API sessions only", code="not_whatsapp")
+        # Whichever provider carries the session builds the template (Graph or Twilio Content).
+        sender = self.rt.deliveries.get(provider_of(session) or "")
+        if sender is None or not isinstance(sender, TemplateSender):
+            raise Conflict(
+                "templates are sent on WhatsApp and Twilio messaging sessions only", code="not_whatsapp"
+            )
         if not session.active:
             raise Conflict(f"session {session.id} has ended", code="session_ended")
         body = await read_json(request, 65_536)
-        message_id = await self._queue_template(session, body)
+        message_id = await self.rt.service.send_template(session, sender.template(session, body))
         return JSONResponse(
             {"sessionId": session.id, "messageId": message_id, "status": "queued"}, status_code=202
         )
@@ -383,41 +382,21 @@ class WhatsAppChannel:
             metadata=body.get("metadata") if isinstance(body.get("metadata"), dict) else None,
             endpoint=f"{PROVIDER}:{pnid}",
         )
-        message_id = await self._queue_template(
-            session, body["template"] if isinstance(body["template"], dict) else {}
-        )
+        spec = body["template"] if isinstance(body["template"], dict) else {}
+        message_id = await self.rt.service.send_template(session, self.template(session, spec))
         return JSONResponse(
             {"sessionId": session.id, "messageId": message_id, "status": "queued"}, status_code=202
         )
 
-    async def _queue_template(self, session: SessionRecord, spec: dict[str, Any]) -> str:
+    def template(self, session: SessionRecord, spec: dict[str, Any]) -> Template:
+        """A Cloud API template message: `{name, language, components?}`."""
         name, language, components = _template(spec)
         to = session.contact.address if session.contact else ""
-        payload = template_payload(to, name, language, components)
-        message = NewMessage(
-            id=ids.message_id(),
-            role="assistant",
-            text=f"[template: {name}]",
-            parts=[{"kind": "template", "name": name, "language": language, "components": components}],
+        return Template(
+            name=name,
+            payload=template_payload(to, name, language, components),
+            part={"kind": "template", "name": name, "language": language, "components": components},
         )
-        await self.rt.store.record_reply(
-            session_id=session.id,
-            answered=[],
-            messages=[message],
-            outbox=[OutboxPart(payload=payload, part=0, parts=1)],
-            events=[
-                Event(
-                    type=EventType.BOT_MESSAGE,
-                    agent=session.agent_id,
-                    session_id=session.id,
-                    channel=session.channel,
-                    ts=now_ms(),
-                    data={"messageId": message.id, "text": message.text, "source": "agent", "template": name},
-                )
-            ],
-        )
-        self.rt.outbox.wake()
-        return message.id
 
 
 def _template(spec: dict[str, Any]) -> tuple[str, str, list[Any]]:

@@ -72,3 +72,31 @@ async def test_a_whatsapp_conversation_opens_with_a_template(sqlite_url: str) ->
             await c.post("/v1/agents/nope/twilio/messages", json={"to": CALLER, "text": "x"})
         ).status_code == 404
         assert len(fake.messages) == 1
+
+
+async def test_a_template_into_an_existing_whatsapp_session(sqlite_url: str) -> None:
+    server = {"public_url": "https://gw.example.com"}
+    async with twilio_gateway(sqlite_url, server=server) as (g, fake), g.client() as c:
+        form = sms("SM" + "w" * 32, "hi", from_=WA_CALLER, to=WA_NUMBER, WaId=CALLER.lstrip("+"))
+        assert (await post_in(g, form)).status_code == 200
+        await wait_for(lambda: len(fake.messages) == 1)  # the echo reply
+        sid = (await g.runtime.store.sessions(SessionQuery()))[0].id
+        bad = await c.post(f"/v1/sessions/{sid}/template", json={"contentSid": "HX1"})
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_template"
+        r = await c.post(
+            f"/v1/sessions/{sid}/template", json={"contentSid": TEMPLATE, "contentVariables": {"1": "x"}}
+        )
+        assert r.status_code == 202, r.text
+        await wait_for(lambda: len(fake.messages) == 2)
+        sent = fake.messages[1]
+        assert (
+            one(sent, "ContentSid") == TEMPLATE
+            and one(sent, "To") == WA_CALLER
+            and one(sent, "From") == WA_NUMBER
+        )
+        texts = [m.text for m in await g.runtime.store.messages(sid)]
+        assert texts[-1] == f"[template: {TEMPLATE}]"
+        # A chat session has no provider templates.
+        chat = (await c.post("/v1/agents/support/messages", json={"text": "hello"})).json()["sessionId"]
+        refused = await c.post(f"/v1/sessions/{chat}/template", json={"contentSid": TEMPLATE})
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "not_whatsapp"
