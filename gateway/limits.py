@@ -13,12 +13,23 @@ import logging
 from gateway.conversations import ConversationService
 from gateway.directory import AgentDirectory
 from gateway.events import now_ms
+from gateway.store.records import SessionRecord
 from gateway.store.sql import Store
 
 log = logging.getLogger("gateway.limits")
 
 WINDOW_MS = 24 * 3600 * 1000
 CALL_SLACK_SECONDS = 120  # ringing time and late callbacks before an unclosed call is swept
+
+
+def whatsapp_window_open(session: SessionRecord, now_ms: int) -> bool:
+    """WhatsApp's customer-service window (Cloud API and via Twilio): free-form messages only
+    within 24 h of the contact's last message, and not after a window error (131047/63016)
+    until the contact writes again."""
+    last = session.last_inbound_at
+    if last is None or now_ms - last >= WINDOW_MS:
+        return False
+    return session.window_closed_at is None or session.window_closed_at < last
 
 
 class SessionLimits:

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from gateway.runtime import Runtime
 from gateway.server import GatewayServer, server_for
 from gateway.settings import Settings
+from gateway.store.records import SessionRecord
 from tests.services import PG_URL, need_postgres
 
 ADMIN = "sk_test_admin_key"
@@ -172,3 +173,28 @@ class SseReader:
             frame = await self.next(timeout)
             if "event" in frame or "data" in frame:
                 return frame
+
+
+def session_record(**over: Any) -> SessionRecord:
+    """A SessionRecord for unit tests of channel rules (no database)."""
+    fields: dict[str, Any] = {
+        "id": "x-1",
+        "agent_id": "a",
+        "channel": "whatsapp",
+        "contact": None,
+        "direction": "inbound",
+        "status": "active",
+        "paused": False,
+        "meta": {},
+        "context": {},
+        "prompt_vars": {},
+        "prompt": None,
+        "started_at": 0,
+        "last_message_at": 0,
+        "last_inbound_at": None,
+        "ended_at": None,
+        "end_reason": None,
+        "window_closed_at": None,
+        "endpoint": None,
+    }
+    return SessionRecord(**{**fields, **over})

@@ -41,7 +41,7 @@ from channels.whatsapp.transcribe import TranscriptionError
 from gateway.delivery import SendFailed, Template, endpoint_address
 from gateway.errors import BadRequest, Unauthorized
 from gateway.events import ContactRef, Event, InboundMessage
-from gateway.limits import WINDOW_MS
+from gateway.limits import whatsapp_window_open
 from gateway.runtime import Runtime
 from gateway.store.outbox import FINAL
 from gateway.store.records import MessageRecord, OutboxItem, SessionRecord
@@ -457,10 +457,7 @@ class TwilioMessaging:
     def window_open(self, session: SessionRecord, now_ms: int) -> bool:
         if session.channel != str(Channel.WHATSAPP):
             return True  # SMS has no conversation window
-        last = session.last_inbound_at
-        if last is None or now_ms - last >= WINDOW_MS:
-            return False
-        return session.window_closed_at is None or session.window_closed_at < last
+        return whatsapp_window_open(session, now_ms)
 
 
 def _twiml() -> Response:

@@ -36,7 +36,7 @@ from gateway.api.http import opt_str, read_body, read_json
 from gateway.delivery import SendFailed, Template, TemplateSender, endpoint_address, provider_of
 from gateway.errors import BadRequest, ConfigError, Conflict, NotFound, Unauthorized
 from gateway.events import ContactRef, Event, InboundMessage
-from gateway.limits import WINDOW_MS
+from gateway.limits import whatsapp_window_open
 from gateway.runtime import Runtime
 from gateway.settings import WhatsAppNumber
 from gateway.store.records import MessageRecord, OutboxItem, SessionRecord
@@ -301,10 +301,7 @@ class WhatsAppChannel:
             )
 
     def window_open(self, session: SessionRecord, now_ms: int) -> bool:
-        last = session.last_inbound_at
-        if last is None or now_ms - last >= WINDOW_MS:
-            return False
-        return session.window_closed_at is None or session.window_closed_at < last
+        return whatsapp_window_open(session, now_ms)
 
     async def prepare(self, session: SessionRecord, pending: list[MessageRecord]) -> list[MessageRecord]:
         """Transcribe voice notes before the agent reads them (`[voice note]` without a transcriber)."""

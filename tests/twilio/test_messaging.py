@@ -14,10 +14,11 @@ from channels.twilio.accounts import TwilioAccounts
 from channels.twilio.messaging import TwilioMessaging, parse_inbound
 from channels.twilio.signature import sign
 from gateway.delivery import SendFailed
+from gateway.limits import whatsapp_window_open
 from gateway.server import build_runtime
-from gateway.store.records import OutboxItem, SessionRecord
+from gateway.store.records import OutboxItem
 from gateway.store.sql import SessionQuery
-from tests.conftest import Running, SseReader, run_gateway
+from tests.conftest import Running, SseReader, run_gateway, session_record
 from tests.fakes.openai_server import FakeOpenAI, text_reply
 from tests.fakes.scripted_http import Reply
 from tests.fakes.twilio_server import FakeTwilio
@@ -672,36 +673,14 @@ async def test_63016_closes_the_whatsapp_window(sqlite_url: str) -> None:
 
 
 async def test_window_rules() -> None:
-    def session(channel: str, last_inbound: int | None, closed: int | None = None) -> SessionRecord:
-        return SessionRecord(
-            id="x-1",
-            agent_id="a",
-            channel=channel,
-            contact=None,
-            direction="inbound",
-            status="active",
-            paused=False,
-            meta={},
-            context={},
-            prompt_vars={},
-            prompt=None,
-            started_at=0,
-            last_message_at=0,
-            last_inbound_at=last_inbound,
-            ended_at=None,
-            end_reason=None,
-            window_closed_at=closed,
-            endpoint="twilio:+1",
-        )
-
+    """SMS has no window; WhatsApp via Twilio follows the Cloud API's rule (tested there)."""
     day = 24 * 3600 * 1000
+    sms_session = session_record(channel="sms")
+    wa_session = session_record(channel="whatsapp", last_inbound_at=1_000)
     open_ = TwilioMessaging.window_open
-    assert open_(None, session("sms", None), 10 * day)  # type: ignore[arg-type]  # SMS: no window
-    assert open_(None, session("whatsapp", 1_000), 1_000 + day - 1)  # type: ignore[arg-type]
-    assert not open_(None, session("whatsapp", 1_000), 1_000 + day)  # type: ignore[arg-type]
-    assert not open_(None, session("whatsapp", None), 5)  # type: ignore[arg-type]
-    assert not open_(None, session("whatsapp", 1_000, closed=2_000), 3_000)  # type: ignore[arg-type]
-    assert open_(None, session("whatsapp", 4_000, closed=2_000), 5_000)  # type: ignore[arg-type]
+    assert open_(None, sms_session, 10 * day)  # type: ignore[arg-type]
+    for now in (1_000 + day - 1, 1_000 + day):
+        assert open_(None, wa_session, now) == whatsapp_window_open(wa_session, now)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------ sessions

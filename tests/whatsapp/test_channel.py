@@ -14,7 +14,7 @@ import pytest
 
 from channels.whatsapp.signature import sign
 from gateway.store.sql import SessionQuery
-from tests.conftest import Running, SseReader, make_settings, run_gateway
+from tests.conftest import Running, SseReader, make_settings, run_gateway, session_record
 from tests.fakes.graph_server import FakeGraph
 from tests.fakes.openai_server import FakeOpenAI, text_reply
 
@@ -470,38 +470,17 @@ async def test_voice_note_without_a_transcriber_reads_as_a_marker(sqlite_url: st
 
 
 async def test_window_rules() -> None:
-    from channels.whatsapp.channel import WhatsAppChannel
-    from gateway.store.records import SessionRecord
+    from gateway.limits import whatsapp_window_open as open_
 
-    def session(last_inbound: int | None, closed: int | None = None) -> SessionRecord:
-        return SessionRecord(
-            id="wa-1",
-            agent_id="a",
-            channel="whatsapp",
-            contact=None,
-            direction="inbound",
-            status="active",
-            paused=False,
-            meta={},
-            context={},
-            prompt_vars={},
-            prompt=None,
-            started_at=0,
-            last_message_at=0,
-            last_inbound_at=last_inbound,
-            ended_at=None,
-            end_reason=None,
-            window_closed_at=closed,
-            endpoint="whatsapp:1",
-        )
+    def session(last_inbound: int | None, closed: int | None = None) -> Any:
+        return session_record(last_inbound_at=last_inbound, window_closed_at=closed)
 
     day = 24 * 3600 * 1000
-    open_ = WhatsAppChannel.window_open
-    assert open_(None, session(1_000), 1_000 + day - 1)  # type: ignore[arg-type]
-    assert not open_(None, session(1_000), 1_000 + day)  # type: ignore[arg-type]
-    assert not open_(None, session(None), 5)  # type: ignore[arg-type]
-    assert not open_(None, session(1_000, closed=2_000), 3_000)  # type: ignore[arg-type]  # a 131047 closed it
-    assert open_(None, session(4_000, closed=2_000), 5_000)  # type: ignore[arg-type]  # the user wrote again
+    assert open_(session(1_000), 1_000 + day - 1)
+    assert not open_(session(1_000), 1_000 + day)
+    assert not open_(session(None), 5)
+    assert not open_(session(1_000, closed=2_000), 3_000)  # a 131047 closed it
+    assert open_(session(4_000, closed=2_000), 5_000)  # the user wrote again
 
 
 async def test_window_expiry_ends_the_session(sqlite_url: str) -> None:
