@@ -18,8 +18,8 @@ from gateway.errors import SchemaOutOfDate
 
 __all__ = ["SchemaOutOfDate", "create_engine", "current_revision", "downgrade", "ensure_schema", "upgrade"]
 
-ROOT = Path(__file__).resolve().parents[2]
-MIGRATIONS = ROOT / "migrations"
+# Shipped inside the package (gateway/migrations), so an installed wheel can migrate.
+MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 
 
 def is_sqlite(url: str) -> bool:
