@@ -73,3 +73,18 @@ def event_from_wire(obj: dict[str, Any]) -> Event:
         seq=obj.get("seq"),
         data={k: v for k, v in obj.items() if k not in reserved},
     )
+
+
+RAW_LIMIT = 16_384  # characters of JSON kept of a provider object the gateway does not understand
+
+
+def bounded(obj: Any, limit: int = RAW_LIMIT) -> Any:
+    """`obj` as is when its JSON fits in `limit` characters, else its JSON cut to that size.
+
+    For provider payloads kept "just in case" (unknown message types): nothing is lost
+    in the common case, and a hostile or huge object cannot bloat a stored row.
+    """
+    text = dumps(obj)
+    if len(text) <= limit:
+        return obj
+    return {"truncated": True, "size": len(text), "json": text[:limit]}

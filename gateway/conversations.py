@@ -528,7 +528,9 @@ class ConversationService:
             ),
             messages=tuple(_chat(m) for m in pending),
             history=tuple(
-                _chat(m) for m in [*restored, *messages] if not m.pending and m.role in _HISTORY_ROLES
+                _chat(m)
+                for m in [*restored, *messages]
+                if not m.pending and m.role in _HISTORY_ROLES and not (m.meta or {}).get("hidden")
             ),
             context=session.context,
             prompt=session.prompt or config.prompt,

@@ -33,6 +33,12 @@ class Metrics:
         )
         self.tokens = Counter("gateway_tokens_streamed", "Token deltas streamed", ["agent"], registry=r)
         self.events = Counter("gateway_events", "Events persisted", ["type"], registry=r)
+        self.webhook_errors = Counter(
+            "gateway_webhook_errors",
+            "Errors a provider reported in a webhook (account- or message-level)",
+            ["provider", "level", "code"],
+            registry=r,
+        )
         self.sse_dropped = Counter(
             "gateway_sse_clients_dropped", "SSE clients cut loose for falling behind", registry=r
         )

@@ -37,7 +37,9 @@ from channels.twilio.accounts import PROVIDER, Binding, TwilioAccounts, read_for
 from channels.twilio.errors import OUTSIDE_WINDOW, TwilioError
 from channels.twilio.render import render_bodies
 from channels.twilio.signature import matching_token, public_url
+from channels.whatsapp.referral import from_twilio
 from channels.whatsapp.transcribe import TranscriptionError
+from gateway.codec import bounded
 from gateway.delivery import SendFailed, Template, endpoint_address
 from gateway.errors import BadRequest, Unauthorized
 from gateway.events import ContactRef, Event, InboundMessage
@@ -105,7 +107,9 @@ class TwilioInbound:
     message_type: str | None = None
     replied_to: str | None = None
     forwarded: bool = False
-    referral: Mapping[str, str] | None = None
+    frequently_forwarded: bool = False
+    referral: Mapping[str, Any] | None = None
+    raw: Mapping[str, str] | None = None  # kept for a message the gateway cannot read
 
     @property
     def whatsapp(self) -> bool:
@@ -156,8 +160,16 @@ class TwilioInbound:
             out["numSegments"] = self.num_segments
         if self.replied_to:
             out["replyTo"] = self.replied_to
-        if self.forwarded:
+        out.update(self.facts())
+        return out
+
+    def facts(self) -> dict[str, Any]:
+        """What the message says about itself: on the event and in the stored message alike."""
+        out: dict[str, Any] = {}
+        if self.forwarded or self.frequently_forwarded:
             out["forwarded"] = True
+        if self.frequently_forwarded:
+            out["frequentlyForwarded"] = True
         if self.referral:
             out["referral"] = dict(self.referral)
         return out
@@ -171,6 +183,9 @@ class TwilioInbound:
             out["replyTo"] = self.replied_to
         if self.num_segments is not None:
             out["numSegments"] = self.num_segments
+        out.update(self.facts())
+        if self.content()[0] == "unsupported" and self.raw:
+            out["raw"] = bounded(dict(self.raw))  # a type we cannot read yet: keep what Twilio sent
         return out
 
 
@@ -186,11 +201,6 @@ def parse_inbound(form: Mapping[str, str]) -> TwilioInbound:
         if url:
             mime = _str(form.get(f"MediaContentType{n}")) or "application/octet-stream"
             media.append({"kind": _media_kind(mime), "url": url, "mimeType": mime})
-    referral = {
-        key[len("Referral")].lower() + key[len("Referral") + 1 :]: value
-        for key, value in form.items()
-        if key.startswith("Referral") and len(key) > len("Referral") and value
-    }
     return TwilioInbound(
         sid=sid,
         account_sid=_str(form.get("AccountSid")),
@@ -210,7 +220,9 @@ def parse_inbound(form: Mapping[str, str]) -> TwilioInbound:
         message_type=_str(form.get("MessageType")),
         replied_to=_str(form.get("OriginalRepliedMessageSid")),
         forwarded=(form.get("Forwarded") or "").lower() == "true",
-        referral=referral or None,
+        frequently_forwarded=(form.get("FrequentlyForwarded") or "").lower() == "true",
+        referral=from_twilio(form),
+        raw={k: v for k, v in form.items()},
     )
 
 

@@ -91,6 +91,18 @@ class RelayConnection:
             return
         self.ended = True
         await self.send(rp.end(handoff))
+        # The socket closes (with a close frame) once the session's end is stored: see the
+        # writer's `session.ended`. Closing here would cancel the caller storing it.
+
+    async def close(self, code: int = 1000, reason: str = "relay session ended") -> None:
+        """A proper close frame after `end` (a dropped TCP connection reads as 1006 at Twilio)."""
+        async with self._send_lock:
+            if self.ws.application_state != WebSocketState.CONNECTED:
+                return
+            try:
+                await self.ws.close(code, reason)
+            except Exception:  # the peer closed first: nothing left to say
+                pass
 
     # ------------------------------------------------------------------- run
 
@@ -224,6 +236,7 @@ class RelayConnection:
                 if not self.ended:
                     self.ended = True
                     await self.send(rp.end({"reason": obj.get("reason")}))
+                await self.close()
                 return
 
     async def _bot_message(self, obj: dict[str, Any]) -> None:

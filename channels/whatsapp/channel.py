@@ -28,11 +28,13 @@ from starlette.routing import BaseRoute, Route
 from channels.whatsapp.client import GraphClient, template_payload, text_payload
 from channels.whatsapp.errors import GraphError, WindowClosed
 from channels.whatsapp.parse import parse_webhook
-from channels.whatsapp.payloads import Change, WaMessage, WaStatus
+from channels.whatsapp.payloads import MEDIA_KINDS, Change, WaError, WaMessage, WaStatus
+from channels.whatsapp.referral import from_cloud
 from channels.whatsapp.render import split_message, to_whatsapp_markdown
 from channels.whatsapp.signature import verify_signature, verify_token_matches
 from channels.whatsapp.transcribe import TranscriptionError, transcribers_for
 from gateway.api.http import opt_str, read_body, read_json
+from gateway.codec import bounded
 from gateway.delivery import SendFailed, Template, TemplateSender, endpoint_address, provider_of
 from gateway.errors import BadRequest, ConfigError, Conflict, NotFound, Unauthorized
 from gateway.events import ContactRef, Event, InboundMessage
@@ -47,6 +49,22 @@ log = logging.getLogger("gateway.whatsapp")
 PROVIDER = "whatsapp"
 UNROUTABLE = "_unroutable"
 UNTRANSCRIBED = ("[voice note]", "[audio]")
+WEBHOOK_ERROR = "webhook.error"
+MESSAGE_REVOKED = "message.revoked"
+MESSAGE_REACTION = "message.reaction"
+# Message types read into text and parts; any other (and Meta's `unsupported`) keeps its raw object.
+UNDERSTOOD = MEDIA_KINDS | {
+    "text",
+    "location",
+    "contacts",
+    "interactive",
+    "button",
+    "reaction",
+    "order",
+    "system",
+    "edit",
+    "revoke",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,14 +180,27 @@ class WhatsAppChannel:
         extras: list[Any] = []
         for change in changes:
             pnid = change.phone_number_id
+            routable = pnid is not None and pnid in self.numbers
+            owner = self.numbers[pnid].agent_id if routable and pnid is not None else UNROUTABLE
+            if change.errors:
+                extras.append(self._webhook_errors(owner, change, change.errors))
             for m in change.messages:
-                if pnid is None or pnid not in self.numbers:
+                if not routable or pnid is None:
                     extras.append(self._unroutable(pnid, m))
                     continue
                 agent = self._route(pnid, m.from_)
+                if m.errors:
+                    extras.append(self._webhook_errors(agent, change, m.errors, m))
+                if m.revoke is not None:
+                    # Nothing is said: the original's text goes, who and when stay in its meta.
+                    extras.append(self._revoke(agent, m, m.revoke.original_wamid))
+                    continue
+                if m.reaction is not None and m.reaction.removed:
+                    extras.append(self._unreact(agent, m, m.reaction.wamid))
+                    continue
                 endpoint = f"{PROVIDER}:{pnid}"
                 kind = m.protocol_type
-                turn = kind != "reaction" and m.system is None and m.revoke is None and m.edit is None
+                turn = kind != "reaction" and m.system is None and m.edit is None
                 if m.reaction is not None:
                     extras.append(
                         self._annotate(
@@ -182,8 +213,6 @@ class WhatsAppChannel:
                     extras.append(
                         self._annotate(m.edit.original_wamid, "edit", {"text": m.text, "wamid": m.wamid})
                     )
-                if m.revoke is not None:
-                    extras.append(self._annotate(m.revoke.original_wamid, "revoked", {"wamid": m.wamid}))
                 if m.system is not None and m.system.new_wa_id:
                     extras.append(self._rekey(m.sender_key, m.system.new_wa_id))
                 out.append(
@@ -198,13 +227,109 @@ class WhatsAppChannel:
                         endpoint=endpoint,
                         turn=turn,
                         extra=_extra(m),
-                        message_meta={
-                            "whatsappType": m.type,
-                            **({"replyTo": m.context_wamid} if m.context_wamid else {}),
-                        },
+                        message_meta=_meta(m),
                     )
                 )
         return out, extras
+
+    def _webhook_errors(
+        self, agent: str, change: Change, errors: tuple[WaError, ...], m: WaMessage | None = None
+    ) -> Any:
+        """`value.errors` (account level) or `messages[].errors`: an event, a log line, a count."""
+        level = "account" if m is None else "message"
+        shown = [_error_json(e) for e in errors]
+        data: dict[str, Any] = {
+            "provider": PROVIDER,
+            "level": level,
+            "phoneNumberId": change.phone_number_id,
+            "wabaId": change.waba_id,
+            "errors": shown,
+        }
+        if m is not None:
+            data["providerMessageId"] = m.wamid
+            data["from"] = m.sender_key
+
+        async def record() -> None:
+            for e in errors:
+                log.warning(
+                    "whatsapp webhook error (%s level) %s %s: %s",
+                    level,
+                    e.code,
+                    e.title,
+                    e.details or e.message,
+                    extra={"phone_number_id": change.phone_number_id},
+                )
+                self.rt.metrics.webhook_errors.labels(PROVIDER, level, error_label(e.code)).inc()
+            await self.rt.store.append_events(
+                [Event(type=WEBHOOK_ERROR, agent=agent, channel=str(Channel.WHATSAPP), data=data)]
+            )
+
+        return record
+
+    def _revoke(self, agent: str, m: WaMessage, original: str) -> Any:
+        async def revoke() -> None:
+            target = await self.rt.store.find_message(
+                channel=str(Channel.WHATSAPP), provider_message_id=original
+            )
+            if target is None:
+                log.info("whatsapp revoke of unknown message %s ignored", original)
+                return
+            who = {"by": m.sender_key, "at": m.timestamp, "wamid": m.wamid}
+            await self.rt.store.hide_messages(
+                [target.id],
+                meta={"revoked": who},
+                events=[
+                    Event(
+                        type=MESSAGE_REVOKED,
+                        agent=agent,
+                        session_id=target.session_id,
+                        channel=str(Channel.WHATSAPP),
+                        data={"messageId": target.id, "providerMessageId": original, **who},
+                    )
+                ],
+            )
+
+        return revoke
+
+    def _unreact(self, agent: str, m: WaMessage, wamid: str) -> Any:
+        """A reaction taken back: the note on the message goes, and the reaction itself."""
+
+        async def unreact() -> None:
+            store = self.rt.store
+            target = await store.find_message(channel=str(Channel.WHATSAPP), provider_message_id=wamid)
+            if target is None:
+                return
+            await store.annotate_message(
+                channel=str(Channel.WHATSAPP), provider_message_id=wamid, key="reaction", value=None
+            )
+            earlier = [
+                r.id
+                for r in await store.messages(target.session_id)
+                if r.type == "reaction"
+                and (r.meta or {}).get("reactionTo") == wamid
+                and not (r.meta or {}).get("hidden")
+            ]
+            await store.hide_messages(
+                earlier,
+                meta={"reactionRemoved": {"by": m.sender_key, "at": m.timestamp, "wamid": m.wamid}},
+                events=[
+                    Event(
+                        type=MESSAGE_REACTION,
+                        agent=agent,
+                        session_id=target.session_id,
+                        channel=str(Channel.WHATSAPP),
+                        data={
+                            "messageId": target.id,
+                            "providerMessageId": wamid,
+                            "emoji": "",
+                            "removed": True,
+                            "from": m.sender_key,
+                        },
+                    )
+                ],
+            )
+
+        return unreact
 
     def _unroutable(self, pnid: str | None, m: WaMessage) -> Any:
         async def record() -> None:
@@ -412,10 +537,10 @@ def _template(spec: dict[str, Any]) -> tuple[str, str, list[Any]]:
 
 
 def _extra(m: WaMessage) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "providerMessageId": m.wamid,
-        "contact": {"id": m.sender_key, "name": m.contact_name},
-    }
+    contact: dict[str, Any] = {"id": m.sender_key, "name": m.contact_name}
+    if m.contact_username:
+        contact["username"] = m.contact_username
+    out: dict[str, Any] = {"providerMessageId": m.wamid, "contact": contact}
     if m.type != m.protocol_type:
         out["whatsappType"] = m.type
     if m.context_wamid:
@@ -424,7 +549,50 @@ def _extra(m: WaMessage) -> dict[str, Any]:
         out["reaction"] = {"messageId": m.reaction.wamid, "emoji": m.reaction.emoji}
     if m.system is not None:
         out["system"] = {"type": m.system.type, "newWaId": m.system.new_wa_id}
+    out.update(_facts(m))
     return out
+
+
+def _facts(m: WaMessage) -> dict[str, Any]:
+    """What a message says about itself, on the event and in the stored message alike."""
+    out: dict[str, Any] = {}
+    if m.forwarded:
+        out["forwarded"] = True
+    if m.frequently_forwarded:
+        out["forwarded"] = True
+        out["frequentlyForwarded"] = True
+    if referral := from_cloud(m.referral):
+        out["referral"] = referral
+    if m.errors:
+        out["errors"] = [_error_json(e) for e in m.errors]
+    return out
+
+
+def _meta(m: WaMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"whatsappType": m.type, **_facts(m)}
+    if m.context_wamid:
+        out["replyTo"] = m.context_wamid
+    if m.contact_username:
+        out["username"] = m.contact_username
+    if m.reaction is not None:
+        out["reactionTo"] = m.reaction.wamid
+    if m.type not in UNDERSTOOD:
+        out["raw"] = bounded(dict(m.raw))  # a type we cannot read yet: keep what Meta sent
+    return out
+
+
+def _error_json(e: WaError) -> dict[str, Any]:
+    out: dict[str, Any] = {"code": e.code, "title": e.title, "message": e.message}
+    if e.details:
+        out["details"] = e.details
+    if e.href:
+        out["href"] = e.href
+    return out
+
+
+def error_label(code: int | None) -> str:
+    """A provider error code as a metrics label (bounded: odd values share one label)."""
+    return str(code) if code is not None and 0 <= code < 10_000_000 else "other"
 
 
 def _fields(m: MessageRecord) -> dict[str, Any]:

@@ -836,29 +836,64 @@ class Store:
             )
             return list(rows)
 
+    async def _by_provider_id(
+        self, s: AsyncSession, channel: str, provider_message_id: str
+    ) -> MessageRow | None:
+        """A message by the provider's id: a user's message, or (through the outbox) one we sent."""
+        row = await s.scalar(
+            select(MessageRow).where(
+                MessageRow.channel == channel, MessageRow.provider_message_id == provider_message_id
+            )
+        )
+        if row is None:
+            row = await s.scalar(
+                select(MessageRow)
+                .join(OutboxRow, OutboxRow.message_id == MessageRow.id)
+                .where(OutboxRow.channel == channel, OutboxRow.provider_message_id == provider_message_id)
+                .limit(1)
+            )
+        return row
+
+    async def find_message(self, *, channel: str, provider_message_id: str) -> MessageRecord | None:
+        async with self._read() as s:
+            row = await self._by_provider_id(s, channel, provider_message_id)
+            return None if row is None else _message(row)
+
     async def annotate_message(
         self, *, channel: str, provider_message_id: str, key: str, value: Any, events: Sequence[Event] = ()
     ) -> str | None:
-        """Record something about an earlier message (a reaction, an edit, a revoke): its id, or None."""
+        """Record something about an earlier message (a reaction, an edit): its id, or None.
+
+        `value=None` removes the note (a reaction taken back)."""
         async with self._write() as s:
-            row = await s.scalar(
-                select(MessageRow).where(
-                    MessageRow.channel == channel, MessageRow.provider_message_id == provider_message_id
-                )
-            )
-            if row is None:
-                row = await s.scalar(
-                    select(MessageRow)
-                    .join(OutboxRow, OutboxRow.message_id == MessageRow.id)
-                    .where(OutboxRow.channel == channel, OutboxRow.provider_message_id == provider_message_id)
-                )
+            row = await self._by_provider_id(s, channel, provider_message_id)
             if row is None:
                 return None
             meta = dict(row.meta or {})
-            meta[key] = value
+            if value is None:
+                meta.pop(key, None)
+            else:
+                meta[key] = value
             row.meta = meta
             await self._append(s, events)
             return row.id
+
+    async def hide_messages(
+        self, message_ids: Sequence[str], *, meta: dict[str, Any], events: Sequence[Event] = ()
+    ) -> list[Event]:
+        """Take messages out of the conversation (a revoke, a reaction taken back).
+
+        Their text and parts go; the row stays (with `hidden` and `meta`: who and when),
+        so the transcript keeps its place and the agent never reads or answers it.
+        """
+        if not message_ids:
+            return []
+        async with self._write() as s:
+            rows = (await s.scalars(select(MessageRow).where(MessageRow.id.in_(list(message_ids))))).all()
+            for row in rows:
+                row.text, row.parts, row.pending = "", [], False
+                row.meta = {**(row.meta or {}), **meta, "hidden": True}
+            return await self._append(s, events)
 
     async def set_paused(
         self,

@@ -737,7 +737,13 @@ def test_parse_inbound_reads_referrals_and_replies() -> None:
     extra = msg.extra()
     assert extra["referral"] == {"sourceUrl": "https://fb.me/ad", "ctwaClid": "clid-1"}
     assert extra["replyTo"] == "SM0" and extra["forwarded"] is True
-    assert msg.meta() == {"provider": "twilio", "replyTo": "SM0", "numSegments": 1}
+    assert msg.meta() == {
+        "provider": "twilio",
+        "replyTo": "SM0",
+        "numSegments": 1,
+        "forwarded": True,
+        "referral": {"sourceUrl": "https://fb.me/ad", "ctwaClid": "clid-1"},
+    }
     no_waid = parse_inbound({"MessageSid": "SM2", "From": WA_CALLER, "To": WA_NUMBER})
     assert no_waid.sender == "15557654321" and no_waid.content() == ("unsupported", "[empty message]", [])
 
