@@ -182,7 +182,9 @@ class ConversationService:
         self.directory = directory
         self.agents = agents
         self.metrics = metrics
-        self.turns = TurnRunner(self._run_turn)
+        self.turns = TurnRunner(
+            self._run_turn, give_up=self._give_up, max_concurrent=settings.server.max_concurrent_turns
+        )
         self._history: OrderedDict[str, tuple[tuple[int, int], list[MessageRecord]]] = OrderedDict()
         self._flush_s = settings.server.token_flush_ms / 1000
 
@@ -715,6 +717,18 @@ class ConversationService:
         if len(self._history) > HISTORY_CACHE_SESSIONS:
             self._history.popitem(last=False)
         return restored
+
+    async def _give_up(self, session_id: str, _exc: BaseException) -> None:
+        """A turn that kept failing on a gateway bug: answer its messages with an error
+        instead of leaving the session stuck (the log has the traceback)."""
+        session = await self.store.session(session_id)
+        if session is None:
+            return
+        pending = [m for m in await self.store.messages(session_id) if m.pending and m.role == "user"]
+        if pending:
+            await self._fail(
+                session, pending, pending[-1].id, "turn_failed", "the gateway could not run this turn"
+            )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

@@ -148,8 +148,12 @@ def create_app(
             yield {"runtime": rt}
         finally:
             rt.stopping.set()
+            # Turns finish first (their replies reach the outbox, which keeps sending
+            # meanwhile); then the outbox finishes or releases what is in flight.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + server.shutdown_grace_seconds
             await rt.service.turns.shutdown(server.shutdown_grace_seconds)
-            await rt.outbox.drain(server.shutdown_grace_seconds)
+            await rt.outbox.stop(max(1.0, deadline - loop.time()))
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)

@@ -261,6 +261,8 @@ class ServerConfig(_Model):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     # Token deltas arriving within this window go out as one frame (0: every delta alone).
     token_flush_ms: float = Field(default=10.0, ge=0)
+    # Turns running at once (the rest wait): a burst cannot exhaust the loop or the pool.
+    max_concurrent_turns: int = Field(default=512, gt=0)
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
     outbox_concurrency: int = Field(default=16, gt=0)
     outbox_retry_base_seconds: float = Field(default=2.0, gt=0)

@@ -1,28 +1,74 @@
-"""The per-session turn runner: serial, coalescing, cancellable.
+"""The per-session turn runner: serial, coalescing, cancellable, retried, bounded.
 
 `submit(session)` after a user message is committed. At most one worker task runs
 per session; a submit during a running turn only marks the session dirty, and the
 worker runs another turn afterwards that picks up every message that arrived
 meanwhile (answered together). The check "dirty?" and the worker's removal happen
 without an await in between, so a submit can never fall into the gap.
+
+A turn that raises (the agent's own failures are handled inside the turn; what
+escapes is the infrastructure: a lost database connection, a pool timeout) leaves
+its messages pending in the store, so it is tried again after a backoff instead of
+waiting for a restart: forever for infrastructure errors (the database comes back),
+`MAX_BUG_RETRIES` times for anything else, after which `give_up` answers the
+messages with an error so the session is not stuck.
+
+At most `max_concurrent` turns run at once; the others wait their turn. A burst of
+thousands of new contacts would otherwise start thousands of turns that fight over
+the event loop and the connection pool until some time out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
 log = logging.getLogger("gateway.turns")
+
+RETRY_BASE_SECONDS = 0.5
+RETRY_MAX_SECONDS = 30.0
+MAX_BUG_RETRIES = 3
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OperationalError,
+    DBAPIError,
+    PoolTimeout,
+    OSError,
+    TimeoutError,
+    ConnectionError,
+)
+
+RunTurn = Callable[[str], Coroutine[Any, Any, None]]
+GiveUp = Callable[[str, BaseException], Coroutine[Any, Any, None]]
+
+
+async def _nothing(_session_id: str, _exc: BaseException) -> None:
+    return None
 
 
 class TurnRunner:
-    def __init__(self, run_turn: Callable[[str], Coroutine[Any, Any, None]]) -> None:
+    def __init__(
+        self,
+        run_turn: RunTurn,
+        *,
+        give_up: GiveUp = _nothing,
+        max_concurrent: int = 512,
+        retry_base_seconds: float = RETRY_BASE_SECONDS,
+    ) -> None:
         self._run_turn = run_turn
+        self._give_up = give_up
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._retry_base = retry_base_seconds
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
         self._current: dict[str, asyncio.Task[None]] = {}
+        self._failures: dict[str, int] = {}
+        self._retries: dict[str, asyncio.TimerHandle] = {}
         self._closing = False
 
     def submit(self, session_id: str) -> None:
@@ -40,20 +86,59 @@ class TurnRunner:
         try:
             while session_id in self._dirty and not self._closing:
                 self._dirty.discard(session_id)
-                turn = asyncio.create_task(self._run_turn(session_id), name=f"turn:{session_id}")
-                self._current[session_id] = turn
-                try:
-                    await turn
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        raise  # the worker itself is being cancelled, not just this turn
-                except Exception:
-                    log.exception("turn crashed", extra={"session_id": session_id})
-                finally:
-                    self._current.pop(session_id, None)
+                async with self._slots:
+                    if self._closing:
+                        return
+                    turn = asyncio.create_task(self._run_turn(session_id), name=f"turn:{session_id}")
+                    self._current[session_id] = turn
+                    try:
+                        await turn
+                    except asyncio.CancelledError:
+                        task = asyncio.current_task()
+                        if task is not None and task.cancelling():
+                            raise  # the worker itself is being cancelled, not just this turn
+                    except Exception as exc:
+                        await self._failed(session_id, exc)
+                    else:
+                        self._failures.pop(session_id, None)
+                    finally:
+                        self._current.pop(session_id, None)
         finally:
             self._workers.pop(session_id, None)
+
+    async def _failed(self, session_id: str, exc: Exception) -> None:
+        attempt = self._failures.get(session_id, 0) + 1
+        self._failures[session_id] = attempt
+        transient = isinstance(exc, TRANSIENT)
+        if not transient and attempt > MAX_BUG_RETRIES:
+            log.exception("turn failed %d times; giving up", attempt, extra={"session_id": session_id})
+            self._failures.pop(session_id, None)
+            try:
+                await self._give_up(session_id, exc)
+            except Exception:
+                log.exception("could not record the failed turn", extra={"session_id": session_id})
+            return
+        delay = min(RETRY_MAX_SECONDS, self._retry_base * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+        log.warning(
+            "turn crashed (%r); retry %d in %.1f s",
+            exc,
+            attempt,
+            delay,
+            exc_info=not transient,
+            extra={"session_id": session_id},
+        )
+        self._retry_later(session_id, delay)
+
+    def _retry_later(self, session_id: str, delay: float) -> None:
+        old = self._retries.pop(session_id, None)
+        if old is not None:
+            old.cancel()
+
+        def fire() -> None:
+            self._retries.pop(session_id, None)
+            self.submit(session_id)
+
+        self._retries[session_id] = asyncio.get_running_loop().call_later(delay, fire)
 
     def cancel(self, session_id: str) -> bool:
         """Cancel the running turn of a session (the next queued turn still runs)."""
@@ -74,6 +159,10 @@ class TurnRunner:
     def forget(self, session_id: str) -> None:
         """Cancel the running turn and drop anything queued (the session ended)."""
         self._dirty.discard(session_id)
+        self._failures.pop(session_id, None)
+        retry = self._retries.pop(session_id, None)
+        if retry is not None:
+            retry.cancel()
         self.cancel(session_id)
 
     async def shutdown(self, grace_seconds: float) -> None:
@@ -83,6 +172,9 @@ class TurnRunner:
         store, so the next start runs the turn again.
         """
         self._closing = True
+        for retry in self._retries.values():
+            retry.cancel()
+        self._retries.clear()
         workers = list(self._workers.values())
         if not workers:
             return

@@ -212,8 +212,13 @@ class OutboxQueries:
             )
             return int(res.rowcount or 0)  # type: ignore[attr-defined]
 
-    async def expire_uncertain(self) -> list[Event]:
-        """Uncertain parts that no status webhook settled are failed, never resent (no double send)."""
+    async def expire_uncertain(self, max_attempts: int) -> list[Event]:
+        """Uncertain parts that no receipt settled within the grace period are sent again.
+
+        Providers report an accepted send within seconds, so a part still unconfirmed
+        after the grace period most likely never went out (the documented rule: a rare
+        duplicate is better than a lost reply). A part out of attempts fails instead.
+        """
         now = now_ms()
         events: list[Event] = []
         async with self._write() as s:
@@ -225,10 +230,14 @@ class OutboxQueries:
             for row in rows:
                 error = {
                     "code": "delivery_unknown",
-                    "message": "the send's outcome is unknown (the gateway stopped mid-call, or the "
-                    "provider did not answer in time) and no delivery receipt arrived; it was not "
-                    "sent again, so that it cannot arrive twice",
+                    "message": "the send's outcome was unknown (the gateway stopped mid-call, or the "
+                    "provider did not answer in time) and no delivery receipt arrived within the "
+                    "grace period",
                 }
+                if row.attempts < max_attempts:
+                    row.status, row.next_attempt_at, row.last_error = "pending", now, error
+                    row.updated_at = now
+                    continue
                 row.status, row.delivery, row.last_error, row.updated_at = "failed", FINAL, error, now
                 events += await self._delivery_changed(s, row, FINAL, error)
         return events

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from gateway.events import ContactRef, Event, now_ms
+from gateway.settings import ServerConfig
 from gateway.store import db
+from gateway.store.outbox import OutboxPart
 from gateway.store.records import TokenRecord
 from gateway.store.sql import NewMessage, SessionQuery, Store
 from gateway.types import Channel, EventType
@@ -174,7 +176,15 @@ async def test_outbox_part_caught_mid_send_is_settled_by_its_receipt_or_failed_n
     nxt = await store.outbox.claim_due()
     assert [c.message_id for c in nxt] == ["msg_r2"]
     await store.outbox.recover_in_flight(grace_ms=0)
-    failed = await store.outbox.expire_uncertain()  # no receipt ever came: failed, not sent twice
+    # No receipt came within the grace period: it most likely never went out, so it is sent again.
+    assert await store.outbox.expire_uncertain(max_attempts=8) == []
+    again = await store.outbox.claim_due()
+    assert [(c.message_id, c.attempts) for c in again] == [("msg_r2", 2)]
+    (part,) = await store.outbox.outbox_for("msg_r2")
+    assert part["error"]["code"] == "delivery_unknown"
+    # Out of attempts, an unconfirmed part fails instead of looping.
+    await store.outbox.recover_in_flight(grace_ms=0)
+    failed = await store.outbox.expire_uncertain(max_attempts=2)
     assert [e.data["status"] for e in failed] == ["failed"]
     assert failed[0].data["error"]["code"] == "delivery_unknown"
     assert await store.outbox.claim_due() == []
@@ -213,3 +223,83 @@ async def test_a_send_that_may_have_gone_out_is_never_retried_blindly(store: Sto
     assert calls == ["msg_t:0"]  # once, despite `retryable`
     parts = await store.outbox.outbox_for("msg_t")
     assert parts[0]["status"] == "uncertain"
+
+
+async def _replies_for(store: Store, contacts: int) -> list[str]:
+    message_ids = []
+    for n in range(contacts):
+        got = await store.ingest_message(
+            agent_id="support",
+            channel=Channel.WHATSAPP,
+            text="q",
+            contact=ContactRef(channel=Channel.WHATSAPP, address=f"3461{n:08d}", name=None),
+            endpoint="whatsapp:1",
+        )
+        await store.record_reply(
+            session_id=got.session.id,
+            answered=[],
+            events=[],
+            messages=[NewMessage(id=f"msg_b{n}", role="assistant", text="a")],
+            outbox=[OutboxPart(payload={}, part=0, parts=1)],
+        )
+        message_ids.append(f"msg_b{n}")
+    return message_ids
+
+
+async def _statuses(store: Store, message_ids: list[str]) -> list[str]:
+    return [p["status"] for m in message_ids for p in await store.outbox.outbox_for(m)]
+
+
+async def test_only_parts_whose_call_is_in_flight_are_sending(store: Store) -> None:
+    """A backlog waits as `pending`: a crash during it catches at most the slots in flight."""
+    from gateway.outbox import Outbox
+
+    release = asyncio.Event()
+    started: list[str] = []
+
+    class Slow:
+        async def send(self, item: Any) -> str:
+            started.append(item.idempotency_key)
+            await release.wait()
+            return f"wamid.{item.message_id}"
+
+    message_ids = await _replies_for(store, 12)
+    config = ServerConfig(outbox_poll_seconds=0.02, outbox_concurrency=4)
+    outbox = Outbox(store, {"whatsapp": Slow()}, config)  # type: ignore[dict-item]
+    task = asyncio.create_task(outbox.run())
+    async with asyncio.timeout(5):
+        while len(started) < 4:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    statuses = await _statuses(store, message_ids)
+    assert statuses.count("sending") == 4 and statuses.count("pending") == 8 and len(started) == 4
+    release.set()
+    async with asyncio.timeout(5):
+        while (await _statuses(store, message_ids)).count("sent") < 12:
+            await asyncio.sleep(0.02)
+    await outbox.stop(1)
+    await task
+    assert sorted(started) == sorted(f"{m}:0" for m in message_ids)  # each exactly once
+
+
+async def test_stop_leaves_nothing_sending(store: Store) -> None:
+    """SIGTERM: sends in flight get the grace period; what is still running is uncertain,
+    what was never attempted stays pending; no part is left `sending`."""
+    from gateway.outbox import Outbox
+
+    class Hangs:
+        async def send(self, item: Any) -> str:
+            await asyncio.sleep(3600)
+            return "never"
+
+    message_ids = await _replies_for(store, 6)
+    config = ServerConfig(outbox_poll_seconds=0.02, outbox_concurrency=2)
+    outbox = Outbox(store, {"whatsapp": Hangs()}, config)  # type: ignore[dict-item]
+    task = asyncio.create_task(outbox.run())
+    async with asyncio.timeout(5):
+        while (await _statuses(store, message_ids)).count("sending") < 2:
+            await asyncio.sleep(0.01)
+    await outbox.stop(0.1)
+    await task
+    statuses = await _statuses(store, message_ids)
+    assert sorted(statuses) == ["pending"] * 4 + ["uncertain"] * 2
