@@ -41,6 +41,7 @@ class Outbox:
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._stopped = asyncio.Event()  # the claim loop has exited
 
     def wake(self) -> None:
         self._wake.set()
@@ -65,7 +66,7 @@ class Outbox:
                 # left `sending` in a queue where a crash would make it look mid-call.
                 free = self._config.outbox_concurrency - len(self._inflight)
                 if free > 0:
-                    for item in await self._store.outbox.claim_due(limit=free):
+                    for item in await self._claim(free):
                         task = asyncio.create_task(self._deliver(item), name=f"outbox:{item.id}")
                         self._inflight.add(task)
                         task.add_done_callback(self._inflight.discard)
@@ -73,8 +74,22 @@ class Outbox:
                     async with asyncio.timeout(self._config.outbox_poll_seconds):
                         await self._wake.wait()
         finally:
-            for task in list(self._inflight):
-                task.cancel()
+            self._stopped.set()
+            if not self._closing:  # cancelled without `stop`: the sends go with it
+                for task in list(self._inflight):
+                    task.cancel()
+
+    async def _claim(self, limit: int) -> list[OutboxItem]:
+        """Claim due parts; cancelled mid-claim, give back what the claim committed, so a
+        part is never left `sending` without a send."""
+        claim = asyncio.ensure_future(self._store.outbox.claim_due(limit=limit))
+        try:
+            return await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                items = await claim
+                await self._store.outbox.release([i.id for i in items])
+            raise
 
     async def stop(self, grace_seconds: float) -> None:
         """Shutdown: claim nothing more; sends in flight get `grace_seconds` to finish.
@@ -85,8 +100,14 @@ class Outbox:
         """
         self._closing = True
         self.wake()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_seconds
+        # The claim loop ends its iteration first, so every part it claimed has its send.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_seconds):
+                await self._stopped.wait()
         if self._inflight:
-            await asyncio.wait(list(self._inflight), timeout=grace_seconds)
+            await asyncio.wait(list(self._inflight), timeout=max(0.0, deadline - loop.time()))
         for task in list(self._inflight):
             task.cancel()
         if self._inflight:

@@ -169,6 +169,17 @@ class OutboxQueries:
                     endpoints[row.session_id] = (await s.get_one(SessionRow, row.session_id)).endpoint
             return [_item(r, endpoints[r.session_id]) for r in claimed]
 
+    async def release(self, outbox_ids: Sequence[str]) -> None:
+        """Give back claimed parts whose send never started (a claim cut by shutdown)."""
+        if not outbox_ids:
+            return
+        async with self._write() as s:
+            await s.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id.in_(list(outbox_ids)), OutboxRow.status == "sending")
+                .values(status="pending", attempts=OutboxRow.attempts - 1, updated_at=now_ms())
+            )
+
     async def mark_sent(self, outbox_id: str, provider_message_id: str) -> list[Event]:
         now = now_ms()
         async with self._write() as s:
@@ -179,15 +190,23 @@ class OutboxQueries:
             row.delivery = "sent"
             return await self._delivery_changed(s, row, "sent", None)
 
+    # A send's own outcome is recorded only while the part is still `sending`: a receipt
+    # that arrived first (the provider's status webhook can overtake a slow or timed-out
+    # response) already proved it went out, and must not be undone into a resend.
+
     async def mark_retry(self, outbox_id: str, at: int, error: dict[str, Any]) -> None:
         async with self._write() as s:
             row = await s.get_one(OutboxRow, outbox_id)
+            if row.status != "sending":
+                return
             row.status, row.next_attempt_at, row.last_error, row.updated_at = "pending", at, error, now_ms()
 
     async def mark_uncertain(self, outbox_id: str, grace_ms: int, error: dict[str, Any]) -> None:
         now = now_ms()
         async with self._write() as s:
             row = await s.get_one(OutboxRow, outbox_id)
+            if row.status != "sending":
+                return
             row.status, row.next_attempt_at, row.last_error, row.updated_at = (
                 "uncertain",
                 now + grace_ms,
@@ -198,6 +217,8 @@ class OutboxQueries:
     async def mark_failed(self, outbox_id: str, error: dict[str, Any]) -> list[Event]:
         async with self._write() as s:
             row = await s.get_one(OutboxRow, outbox_id)
+            if row.status != "sending":
+                return []
             row.status, row.delivery, row.last_error, row.updated_at = "failed", FINAL, error, now_ms()
             return await self._delivery_changed(s, row, FINAL, error)
 

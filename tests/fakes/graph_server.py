@@ -4,7 +4,9 @@
         graph.add_media("m1", b"OggS...", "audio/ogg")
         graph.fail_next(1, 400, 131047, "Re-engagement message")
         ...  # point a GraphClient at graph.base_url, version graph.version
-        graph.sent        # JSON of every message accepted
+        graph.sent        # JSON of every message accepted (graph.sent_ids: the wamid of each)
+        graph.latency = 0.05  # every accepted message is answered this much later
+        graph.hold()          # accepted messages get no answer until graph.release()
         graph.read_marks  # JSON of every mark-read / typing request
         graph.requests    # every request (method, path, headers, body), failures included
 
@@ -20,6 +22,7 @@ Built on ScriptedServer, so stalls are real pauses on a real socket.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import secrets
@@ -65,6 +68,10 @@ class FakeGraph(ScriptedServer):
         self.token = token
         self.version = version
         self.sent: list[dict[str, Any]] = []
+        self.sent_ids: list[str] = []
+        self.latency = 0.0
+        self._open = asyncio.Event()
+        self._open.set()
         self.read_marks: list[dict[str, Any]] = []
         self.media: dict[str, tuple[bytes, str]] = {}
         self._failures: deque[_Failure] = deque()
@@ -98,15 +105,28 @@ class FakeGraph(ScriptedServer):
         """The next `n` requests wait `seconds` before the status line."""
         self._stalls.extend([seconds] * n)
 
+    def hold(self) -> None:
+        """Messages are accepted (recorded in `sent`) but answered only after `release()`:
+        a provider that is slow to answer, so sends pile up mid-call."""
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
     def media_url(self, media_id: str) -> str:
         return f"{self.base_url}/media/{media_id}"
 
     # -- serving ----------------------------------------------------------------------------
 
     async def _answer(self, request: Recorded) -> Reply:
+        accepted = len(self.sent)
         reply = self._reply(request)
+        if len(self.sent) > accepted:  # a message (not a read mark) was accepted
+            await self._open.wait()
         if self._stalls:
             reply.stall_before = self._stalls.popleft()
+        elif self.latency and reply.status == 200:
+            reply.stall_before = self.latency
         return reply
 
     def _reply(self, request: Recorded) -> Reply:
@@ -160,8 +180,9 @@ class FakeGraph(ScriptedServer):
         to = body.get("to") or body.get("recipient")
         if not to or not body.get("type"):
             return _json(400, graph_error_body(131008, "Required parameter is missing"))
-        self.sent.append(body)
         wamid = f"wamid.FAKE{next(self._ids):06d}{secrets.token_hex(6).upper()}="
+        self.sent.append(body)
+        self.sent_ids.append(wamid)
         contact = {"input": to, "wa_id": str(to).lstrip("+")}
         return _json(
             200, {"messaging_product": "whatsapp", "contacts": [contact], "messages": [{"id": wamid}]}

@@ -303,3 +303,20 @@ async def test_stop_leaves_nothing_sending(store: Store) -> None:
     await task
     statuses = await _statuses(store, message_ids)
     assert sorted(statuses) == ["pending"] * 4 + ["uncertain"] * 2
+
+
+async def test_a_receipt_that_overtakes_a_timed_out_send_is_kept(store: Store) -> None:
+    """Meta's `sent` status arrived while the send's own response was still pending; the
+    send then times out. The part stays sent: it is not made uncertain and resent."""
+    (message_id,) = await _replies_for(store, 1)
+    (item,) = await store.outbox.claim_due()
+    await store.outbox.delivery_status(
+        channel="whatsapp", provider_message_id="wamid.R", status="sent", idempotency_key=item.idempotency_key
+    )
+    await store.outbox.mark_uncertain(item.id, 0, {"code": "timeout", "message": "read timed out"})
+    await store.outbox.mark_retry(item.id, 0, {"code": "timeout", "message": "read timed out"})
+    assert await store.outbox.mark_failed(item.id, {"code": "x", "message": "y"}) == []
+    assert await store.outbox.expire_uncertain(max_attempts=8) == []
+    assert await store.outbox.claim_due() == []
+    (part,) = await store.outbox.outbox_for(message_id)
+    assert (part["status"], part["delivery"], part["providerMessageId"]) == ("sent", "sent", "wamid.R")
