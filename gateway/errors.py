@@ -3,6 +3,7 @@
     GatewayError                      base; carries an HTTP status and a stable code
     ├── ConfigError                   bad gateway.toml / environment (startup only)
     ├── SchemaOutOfDate               database needs `gateway migrate`
+    ├── DatabaseUnavailable           database_url cannot be reached or opened (startup)
     ├── BadRequest (400)              malformed input: JSON, fields, text limits
     │   └── PayloadTooLarge (413)
     ├── Unauthorized (401)            missing / wrong API key or token
@@ -37,6 +38,10 @@ class ConfigError(GatewayError):
 
 class SchemaOutOfDate(GatewayError):
     code = "schema_out_of_date"
+
+
+class DatabaseUnavailable(GatewayError):
+    code = "database_unavailable"
 
 
 class BadRequest(GatewayError):

@@ -9,6 +9,8 @@ import json
 import logging
 import time
 
+from gateway.redact import RedactingFilter, Redactor
+
 _FIELDS = ("session_id", "message_id", "agent", "channel", "provider_message_id")
 
 
@@ -25,13 +27,28 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, key, None)
             if value is not None:
                 out[key] = value
-        if record.exc_info:
+        if record.exc_text:  # already formatted (and redacted) by RedactingFilter
+            out["exc"] = record.exc_text
+        elif record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
-def configure(level: str = "info", as_json: bool = True) -> None:
+def configure(
+    level: str = "info",
+    as_json: bool = True,
+    *,
+    redactor: Redactor | None = None,
+    access_log: bool = False,
+) -> None:
+    """One handler on the root logger; every record passes the redacting filter first.
+
+    uvicorn's request lines (`uvicorn.access`, and the WebSocket lines it logs on
+    `uvicorn.error`) carry the path with its query string: the filter masks tokens
+    and keys there too. The access log is off unless `access_log` is set.
+    """
     handler = logging.StreamHandler()
+    handler.addFilter(RedactingFilter(redactor or Redactor()))
     if as_json:
         handler.setFormatter(JsonFormatter())
     else:
@@ -39,5 +56,6 @@ def configure(level: str = "info", as_json: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access", "httpx", "httpcore", "alembic"):
+    for noisy in ("httpx", "httpcore", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.access").setLevel(logging.INFO if access_log else logging.WARNING)

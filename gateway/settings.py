@@ -13,10 +13,47 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 from gateway.errors import ConfigError
+from gateway.redact import redact_url
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///gateway.db"
+CONFIG_FILE = "gateway.toml"  # used from the working directory when no other is named
+DATABASE_URL_FORMS = "postgresql://user:password@host:5432/name or sqlite:///path/to/gateway.db"
+# libpq's sslmode, as hosted PostgreSQL URLs carry it, in asyncpg's spelling (`ssl`).
+_SSLMODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+
+
+def normalize_database_url(url: str) -> str:
+    """The URL as the async engine needs it: `postgres://` and `postgresql://` go to
+    asyncpg, `sqlite://` to aiosqlite, libpq's `sslmode` becomes asyncpg's `ssl`."""
+    try:
+        parsed: URL = make_url(url)
+    except ArgumentError:
+        raise ValueError(f"not a database URL; expected {DATABASE_URL_FORMS}") from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend in ("postgres", "postgresql"):
+        if driver not in ("", "asyncpg"):
+            raise ValueError(
+                f"the gateway talks to PostgreSQL through asyncpg, not {driver}: write {DATABASE_URL_FORMS}"
+            )
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+        sslmode = parsed.query.get("sslmode")
+        if isinstance(sslmode, str) and sslmode in _SSLMODES:
+            parsed = parsed.difference_update_query(["sslmode"]).update_query_dict({"ssl": sslmode})
+    elif backend == "sqlite":
+        if driver not in ("", "aiosqlite"):
+            raise ValueError(
+                f"the gateway opens SQLite through aiosqlite, not {driver}: write {DATABASE_URL_FORMS}"
+            )
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    else:
+        raise ValueError(f"unsupported database {backend!r}; expected {DATABASE_URL_FORMS}")
+    return parsed.render_as_string(hide_password=False)
+
+
 LOCAL_ORIGINS = ["http://localhost:*", "http://127.0.0.1:*"]
 
 
@@ -250,6 +287,8 @@ class ServerConfig(_Model):
     auto_migrate: bool = False
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_json: bool = True
+    # uvicorn's line per request (method, path, status); tokens in query strings are masked.
+    access_log: bool = False
     sse_ping_seconds: float = Field(default=30.0, gt=0)
     sse_buffer_events: int = Field(default=1000, gt=0)
     sse_send_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -274,6 +313,11 @@ class ServerConfig(_Model):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        return normalize_database_url(value)
 
     @field_validator("bus_url")
     @classmethod
@@ -325,7 +369,8 @@ def describe_validation(source: str, exc: ValidationError) -> str:
         if err["type"] == "extra_forbidden":
             expected = "no such key (check the spelling; see docs/configuration.md)"
         got = err.get("input")
-        shown = "" if err["type"] in {"missing", "extra_forbidden"} else f" (got {got!r})"
+        # A rejected value may be a URL with a password in it.
+        shown = "" if err["type"] in {"missing", "extra_forbidden"} else redact_url(f" (got {got!r})")
         lines.append(f"  {key}: {expected}{shown}")
     return "\n".join(lines)
 
@@ -341,6 +386,24 @@ _ENV_KEYS: dict[str, tuple[str, type]] = {
 }
 
 
+def config_path(
+    explicit: str | os.PathLike[str] | None, env: Mapping[str, str], cwd: Path | None = None
+) -> tuple[Path | None, str]:
+    """Which configuration file to read, and how it was chosen.
+
+    `--config`, else `$GATEWAY_CONFIG`, else `./gateway.toml` when the working
+    directory has one, else none (the embedded default).
+    """
+    if explicit:
+        return Path(explicit), "--config"
+    if env.get("GATEWAY_CONFIG"):
+        return Path(env["GATEWAY_CONFIG"]), "GATEWAY_CONFIG"
+    here = (cwd or Path.cwd()) / CONFIG_FILE
+    if here.is_file():
+        return Path(CONFIG_FILE), "found in the working directory"
+    return None, "embedded default"
+
+
 def load_settings(
     path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
@@ -348,7 +411,7 @@ def load_settings(
 ) -> Settings:
     """Read the config file (if any) and the environment, once."""
     env = os.environ if env is None else env
-    path = path or env.get("GATEWAY_CONFIG")
+    path, _how = config_path(path, env)
     server_env: dict[str, Any] = {}
     for var, (key, kind) in _ENV_KEYS.items():
         if var in env and env[var] != "":

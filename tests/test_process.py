@@ -197,8 +197,11 @@ def run_cli(
 
 def test_cli_serve_refuses_an_old_schema_and_migrate_fixes_it(tmp_path: Path) -> None:
     config = write_config(tmp_path, delay_ms=0)
+    # An older gateway's schema (a new, empty database would be set up on start).
+    assert run_cli("--config", str(config), "migrate", "0002").returncode == 0
     r = run_cli("--config", str(config), "serve", "--port", str(free_port()))
-    assert r.returncode == 2 and "run `gateway migrate`" in r.stderr
+    assert r.returncode == 2 and "the database schema is at revision 0002" in r.stderr
+    assert "run `gateway migrate`" in r.stderr
     r = run_cli("--config", str(config), "migrate")
     assert r.returncode == 0, r.stderr
     r = run_cli("--config", str(config), "keys", "create", "ops")

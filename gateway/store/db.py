@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy import event, inspect
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from gateway.errors import SchemaOutOfDate
+from gateway.errors import DatabaseUnavailable, SchemaOutOfDate
 
-__all__ = ["SchemaOutOfDate", "create_engine", "current_revision", "downgrade", "ensure_schema", "upgrade"]
+__all__ = [
+    "DatabaseUnavailable",
+    "SchemaOutOfDate",
+    "create_engine",
+    "current_revision",
+    "downgrade",
+    "ensure_schema",
+    "upgrade",
+]
+T = TypeVar("T")
+# A host that drops packets must not hold the start for asyncpg's default 60 s.
+CONNECT_TIMEOUT_SECONDS = 10
 
 # Shipped inside the package (gateway/migrations), so an installed wheel can migrate.
 MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
@@ -42,7 +56,90 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args={"timeout": CONNECT_TIMEOUT_SECONDS},
+    )
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file a SQLite URL names (None for an in-memory database)."""
+    database = make_url(url).database
+    return Path(database) if database and database != ":memory:" else None
+
+
+def describe_unavailable(url: str, exc: BaseException) -> str:
+    """One line: `database_url`, where it points, what went wrong, what to do."""
+    parsed = make_url(url)
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in chain:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    if is_sqlite(url):
+        path = sqlite_path(url)
+        if path is not None and not path.parent.exists():
+            reason = f"the directory {path.parent} does not exist"
+        else:
+            reason = next((str(e) for e in chain if isinstance(e, sqlite3.Error)), type(exc).__name__)
+        return (
+            f"database_url: cannot open the SQLite file {path} ({reason}): "
+            "create the directory or correct the path in database_url"
+        )
+    host, port = parsed.host or "localhost", parsed.port or 5432
+    where = f"PostgreSQL at {host}:{port}"
+    names = {type(e).__name__ for e in chain}
+    if "InvalidCatalogNameError" in names:
+        name, user = parsed.database or "", parsed.username or "postgres"
+        return (
+            f'database_url: {where} has no database "{name}": create it '
+            f"(createdb -h {host} -p {port} -U {user} {name}) or correct the name in database_url"
+        )
+    if names & {"InvalidPasswordError", "InvalidAuthorizationSpecificationError"}:
+        detail = next(
+            str(e)
+            for e in chain
+            if type(e).__name__ in names & {"InvalidPasswordError", "InvalidAuthorizationSpecificationError"}
+        )
+        return (
+            f'database_url: {where} refused user "{parsed.username or ""}" ({detail}): '
+            "correct the user and password in database_url"
+        )
+    if any(isinstance(e, socket.gaierror) for e in chain):
+        reason = "unknown host"
+    elif any(isinstance(e, ConnectionRefusedError) for e in chain):
+        reason = "connection refused"
+    elif any(isinstance(e, TimeoutError) for e in chain):
+        reason = f"no answer within {CONNECT_TIMEOUT_SECONDS} s"
+    elif any(isinstance(e, OSError) for e in chain):
+        reason = next(str(e) for e in chain if isinstance(e, OSError))
+    else:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return (
+            f"database_url: cannot use {where} ({type(exc).__name__}: {first}): "
+            "check database_url and that the server accepts this user"
+        )
+    return (
+        f"database_url: cannot connect to {where} ({reason}): "
+        "start the database or correct the host and port in database_url"
+    )
+
+
+async def reachable(url: str, work: Callable[[], Awaitable[T]]) -> T:
+    """Run the first database work of a command; a failure to connect becomes one clear line."""
+    path = sqlite_path(url) if is_sqlite(url) else None
+    if path is not None and not path.parent.is_dir():
+        # Said before the driver tries: its worker thread would print a traceback of its own.
+        raise DatabaseUnavailable(describe_unavailable(url, FileNotFoundError(path.parent)))
+    try:
+        return await work()
+    except (SchemaOutOfDate, DatabaseUnavailable):
+        raise
+    except Exception as exc:
+        raise DatabaseUnavailable(describe_unavailable(url, exc)) from exc
 
 
 def alembic_config(url: str) -> Config:
@@ -57,8 +154,15 @@ def head_revision() -> str | None:
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
-    def _read(conn: Connection) -> str | None:
-        return MigrationContext.configure(conn).get_current_revision()
+    return (await _schema_state(engine))[0]
+
+
+async def _schema_state(engine: AsyncEngine) -> tuple[str | None, bool]:
+    """The schema's revision, and whether the database has no tables at all."""
+
+    def _read(conn: Connection) -> tuple[str | None, bool]:
+        revision = MigrationContext.configure(conn).get_current_revision()
+        return revision, not inspect(conn).get_table_names()
 
     async with engine.connect() as conn:
         return await conn.run_sync(_read)
@@ -67,7 +171,7 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 async def upgrade(url: str, revision: str = "head") -> None:
     # Alembic's command API is synchronous and its async env.py runs its own loop:
     # give it a thread so the caller's loop keeps running.
-    await asyncio.to_thread(command.upgrade, alembic_config(url), revision)
+    await reachable(url, lambda: asyncio.to_thread(command.upgrade, alembic_config(url), revision))
 
 
 async def downgrade(url: str, revision: str = "base") -> None:
@@ -75,12 +179,17 @@ async def downgrade(url: str, revision: str = "base") -> None:
 
 
 async def ensure_schema(engine: AsyncEngine, url: str, *, migrate: bool) -> None:
-    """Upgrade when asked to; otherwise refuse to run on an out-of-date schema."""
+    """Create the schema in an empty database; upgrade an older one only when asked to.
+
+    An empty database (no tables) is the first start: it is always migrated. An
+    existing schema at another revision is refused unless `migrate` is set, so an
+    upgrade of the gateway never changes a database without the operator saying so.
+    """
     head = head_revision()
-    current = await current_revision(engine)
+    current, empty = await reachable(url, lambda: _schema_state(engine))
     if current == head:
         return
-    if migrate:
+    if migrate or (current is None and empty):
         await upgrade(url)
         return
     raise SchemaOutOfDate(

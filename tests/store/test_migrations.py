@@ -53,15 +53,21 @@ async def test_models_match_migrations(db_url: str) -> None:
     assert await _diff(db_url) == []
 
 
-async def test_out_of_date_schema_is_refused_then_migrated(db_url: str) -> None:
+async def test_an_empty_database_is_set_up_and_an_older_schema_refused(db_url: str) -> None:
     engine = db.create_engine(db_url)
     try:
+        # A new, empty database: the first start creates the schema, whatever the setting.
+        await db.ensure_schema(engine, db_url, migrate=False)
+        assert await db.current_revision(engine) == db.head_revision()
+        # An older gateway's schema is refused until migrating is asked for.
+        await db.downgrade(db_url, "0002")
         try:
             await db.ensure_schema(engine, db_url, migrate=False)
         except db.SchemaOutOfDate as exc:
-            assert "gateway migrate" in exc.message
+            assert exc.message.startswith("the database schema is at revision 0002, this gateway needs ")
+            assert "run `gateway migrate`" in exc.message
         else:
-            raise AssertionError("an empty database must be refused")
+            raise AssertionError("an older schema must be refused")
         await db.ensure_schema(engine, db_url, migrate=True)
         assert await db.current_revision(engine) == db.head_revision()
         await db.ensure_schema(engine, db_url, migrate=False)  # now current: no error
