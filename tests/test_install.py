@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -35,9 +36,21 @@ def _env() -> dict[str, str]:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Build the wheel from this checkout and install it into a fresh venv; yields its bin/."""
     base = tmp_path_factory.mktemp("wheel")
-    dist, venv = base / "dist", base / "venv"
+    dist, venv, src = base / "dist", base / "venv", base / "src"
+    # From the files git would ship (tracked, or new and not ignored), as CI's clean clone
+    # has them: a stale build/ or egg-info in the checkout must not leak into the wheel.
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dist), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dist), str(src)],
         check=True,
         env=_env(),
         cwd=base,
@@ -56,11 +69,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield venv / "bin"
 
 
-def start(*argv: str | Path, cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+def start(*argv: str | Path, cwd: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [str(a) for a in argv],
         cwd=cwd,
-        env={**_env(), "PYTHONUNBUFFERED": "1"},
+        env={**_env(), "PYTHONUNBUFFERED": "1", **env},
         stdout=open(log, "wb"),
         stderr=subprocess.STDOUT,
     )
@@ -150,3 +163,47 @@ async def test_gateway_serve_in_an_empty_directory_serves_the_demo_and_chats(
     assert proc.returncode == 0, out
     assert (tmp_path / "gateway.db").is_file()
     assert "Traceback" not in out
+
+
+async def test_what_the_container_runs_works_from_the_wheel(installed: Path, tmp_path: Path) -> None:
+    """deploy/Dockerfile's ENTRYPOINT and HEALTHCHECK, as it sets them up, without a container:
+    all interfaces, the database in a data directory, a gateway.toml in the working directory."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "gateway.toml").write_text(
+        '[agents.support]\nanswer = "echo"\nallowed_origins = ["http://127.0.0.1:*"]\n'
+    )
+    port = free_port()
+    env = {
+        "GATEWAY_HOST": "0.0.0.0",
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_DATABASE_URL": f"sqlite:///{data}/gateway.db",
+        "GATEWAY_ADMIN_KEY": "sk_admin_image_test_0123456",
+    }
+    health = [str(installed / "gateway"), "health"]
+
+    def probe() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            health, cwd=data, env={**_env(), **env}, capture_output=True, text=True, timeout=30
+        )
+
+    assert probe().returncode == 1  # nothing listens yet
+    log = tmp_path / "serve.log"
+    proc = start(installed / "gateway", "serve", cwd=data, log=log, **env)
+    try:
+        async with asyncio.timeout(30):
+            while (r := await asyncio.to_thread(probe)).returncode != 0:
+                assert proc.poll() is None, log.read_text()
+                await asyncio.sleep(0.2)
+        assert r.stdout == f"http://127.0.0.1:{port}/readyz: 200\n"
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            page = await c.get("/")
+            assert 'data-agent="support"' in page.text
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    out = log.read_text()
+    assert proc.returncode == 0, out
+    assert "config: gateway.toml (found in the working directory)" in out
+    assert f"database: sqlite+aiosqlite:///{data}/gateway.db" in out
+    assert (await asyncio.to_thread(probe)).returncode == 1

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import html
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway.api.openapi import openapi_document
+from gateway.auth import origin_allowed
 from gateway.runtime import Runtime
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -19,6 +21,7 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 class OpsRoutes:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
+        self._demo_html: str | None = None
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -59,5 +62,28 @@ class OpsRoutes:
     async def console(self, _request: Request) -> FileResponse:
         return FileResponse(STATIC / "console.html", headers={"cache-control": "no-cache"})
 
-    async def demo(self, _request: Request) -> FileResponse:
-        return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
+    async def demo(self, request: Request) -> HTMLResponse:
+        """The demo page, for `?agent=` or else the first agent that allows the page's origin.
+
+        The page's origin is what the browser will send as `Origin` when it mints its
+        tokens: this request's scheme and Host. No agent allows it: the page says so.
+        """
+        agent = request.query_params.get("agent") or self.demo_agent(
+            f"{request.url.scheme}://{request.url.netloc}"
+        )
+        answer = self.rt.directory.get(agent).answer if agent and agent in self.rt.directory else ""
+        if self._demo_html is None:
+            self._demo_html = (STATIC / "index.html").read_text(encoding="utf-8")
+        body = f'<body data-agent="{html.escape(agent or "")}" data-answer="{html.escape(answer)}">'
+        page = self._demo_html.replace('<body data-agent="" data-answer="">', body, 1)
+        return HTMLResponse(page, headers={"cache-control": "no-cache"})
+
+    def demo_agent(self, origin: str) -> str | None:
+        """gateway.toml's agents in the file's order, then those agent processes added."""
+        configured = list(self.rt.settings.agents)
+        ordered = configured + [a for a in self.rt.directory.ids() if a not in self.rt.settings.agents]
+        for agent_id in ordered:
+            config = self.rt.directory.find(agent_id)
+            if config is not None and origin_allowed(origin, config.allowed_origins):
+                return agent_id
+        return None

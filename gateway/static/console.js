@@ -183,7 +183,10 @@
   // ------------------------------------------------------------------ sessions
 
   const contactId = (c) => (c == null ? null : typeof c === "string" ? c : c.id ?? null);
-  const displayName = (s) => (s.contact && (s.contact.name || s.contact.id)) || s.sessionId;
+  // A session without a contact (a web chat opened without a userId) is named by its
+  // channel and the end of its id; the full id is shown once, in the conversation header.
+  const displayName = (s) => (s.contact && (s.contact.name || s.contact.id))
+    || `${(CHANNELS[s.channel] || { name: s.channel || "Session" }).name} …${String(s.sessionId).slice(-8)}`;
 
   function entryFrom(rec) {
     return {
@@ -390,9 +393,17 @@
     }
   }
 
+  // A web chat that was opened but never written in (every demo tab opens one) is not a
+  // conversation yet: it joins the list with its first message. A search still finds it.
+  function emptyChat(s) {
+    return s.channel === "chat" && s.status !== "ended" && !s.preview && !s.attention
+      && state.previewTried.has(s.sessionId) && state.selected !== s.sessionId
+      && !state.query.trim();
+  }
+
   function visibleSessions() {
     return [...state.sessions.values()]
-      .filter((s) => matchesQuery(s) && matchesFilter(s))
+      .filter((s) => matchesQuery(s) && matchesFilter(s) && !emptyChat(s))
       .sort((a, b) => {
         if (Boolean(a.attention) !== Boolean(b.attention)) return a.attention ? -1 : 1;
         return (b.lastMessageAt || b.startedAt || 0) - (a.lastMessageAt || a.startedAt || 0)
@@ -441,7 +452,8 @@
       const who = s.preview.source === "human" ? "You (human): " : s.preview.source === "agent" ? "AI: " : "";
       preview.textContent = who + clip(s.preview.text, 140);
     } else {
-      preview.textContent = s.status === "ended" ? "Ended" : "…";
+      // An opened chat nobody has written in yet: say so rather than a bare "…".
+      preview.textContent = s.status === "ended" ? "Ended" : "No messages yet";
     }
 
     const badges = el("span", { class: "badges" });

@@ -8,7 +8,10 @@
   "use strict";
 
   const params = new URLSearchParams(location.search);
-  const AGENT = params.get("agent") || "demo";
+  // `?agent=` wins; else the gateway names the first agent that allows this page's
+  // origin (data-agent on <body>, filled in when it serves `/`).
+  const AGENT = params.get("agent") || document.body.dataset.agent || "";
+  const ANSWER = document.body.dataset.answer || "";
   const PING_MS = 25_000;
   const FEED_LIMIT = 200;
   const SESSION_KEY = `switchboard.demo.session.${AGENT}`;
@@ -419,6 +422,22 @@
 
   sendButton.disabled = true;
   sessionLabel.textContent = chat.sessionId || "—";
+
+  // Texts follow the agent: its id, and what answering it does.
+  document.querySelector("[data-testid=agent-name]").textContent = AGENT || "none";
+  input.placeholder = !AGENT ? "No agent for this page"
+    : ANSWER === "echo" ? `Say something to ${AGENT}; it echoes it back…`
+    : `Say something to ${AGENT}…`;
+  if (!AGENT) {
+    // Nothing to connect to: say why and what to do, instead of retrying forever.
+    const origin = location.origin;
+    addError("no_agent", `no agent allows this page's origin (${origin}): add "${origin}" (or a pattern `
+      + `such as "${location.protocol}//${location.hostname}:*") to an agent's allowed_origins, `
+      + "or open the page with ?agent=ID");
+    setStatus(chatStatus, "error", "no agent");
+    setStatus(feedStatus, "error", "no agent");
+    return;
+  }
   window.addEventListener("online", () => {
     if (!chat.ws) connectChat();
     if (!feed.es) connectFeed();
