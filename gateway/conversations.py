@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol
 
 from gateway import ids
@@ -257,11 +257,16 @@ class ConversationService:
         await self.store.update_session(session_id, context=context)
 
     async def end_session(
-        self, session_id: str, reason: str, extra: dict[str, Any] | None = None
+        self,
+        session_id: str,
+        reason: str,
+        extra: dict[str, Any] | None = None,
+        *,
+        before: Sequence[Event] = (),
     ) -> SessionRecord:
         self.turns.forget(session_id)
         self._history.pop(session_id, None)
-        session, _ = await self.store.end_session(session_id, reason, extra)
+        session, _ = await self.store.end_session(session_id, reason, extra, before)
         if session is None:
             raise NotFound(f"no session {session_id!r}", code="unknown_session")
         return session

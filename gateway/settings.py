@@ -90,9 +90,12 @@ class WebhookConfig(_Model):
 
 
 class LimitsConfig(_Model):
-    idle_timeout_seconds: int = Field(default=7200, gt=0)
+    # Session limits of every session but a call (calls: `phone.*`); 0 disables one.
+    idle_timeout_seconds: float = Field(default=7200, ge=0)
+    idle_warning_seconds: float = Field(default=60, ge=0)
+    idle_grace_seconds: float = Field(default=0, ge=0)
+    max_duration_seconds: float = Field(default=0, ge=0)
     max_text_chars: int = Field(default=4096, gt=0)
-    max_duration_seconds: int = Field(default=600, gt=0)
     max_tool_rounds: int = Field(default=5, ge=0)
     history_conversations: int = Field(default=5, ge=0)
     history_messages: int = Field(default=20, ge=0)
@@ -307,7 +310,7 @@ class ServerConfig(_Model):
     outbox_retry_base_seconds: float = Field(default=2.0, gt=0)
     outbox_max_attempts: int = Field(default=8, gt=0)
     outbox_uncertain_grace_seconds: float = Field(default=120.0, ge=0)
-    limits_sweep_seconds: float = Field(default=30.0, gt=0)
+    limits_sweep_seconds: float = Field(default=10.0, gt=0)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -63,6 +63,7 @@ class EventType(StrEnum):
     SESSION_PAUSED = "session.paused"
     SESSION_RESUMED = "session.resumed"
     SESSION_IDLE_WARNING = "session.idleWarning"
+    SESSION_TIMEOUT = "session.timeout"  # a limit ends the session; session.ended follows
     SESSION_ATTENTION = "session.attentionRequested"
     SESSION_ENDED = "session.ended"
     SESSION_ERROR = "session.error"

@@ -198,6 +198,13 @@ class ChatConnection:
                         "message": obj.get("message", ""),
                     }
                 )
+            elif kind == b"session.idleWarning":
+                obj = json.loads(body)
+                warning = {k: obj[k] for k in ("remainingSeconds", "idleTimeoutSeconds", "final") if k in obj}
+                await self.send({"event": "chat.idleWarning", **warning})
+            elif kind == b"session.timeout":
+                obj = json.loads(body)
+                await self.send({"event": "chat.timeout", "reason": obj.get("reason")})
             elif kind == b"session.ended":
                 obj = json.loads(body)
                 await self.send({"event": "chat.ended", "reason": obj.get("reason")})

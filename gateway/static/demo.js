@@ -190,6 +190,19 @@
       case "chat.error":
         addError(f.code || "error", f.message);
         break;
+      case "chat.idleWarning": {
+        const secs = Math.max(0, Math.round(f.remainingSeconds ?? 0));
+        const li = el("li", { class: "msg notice warning", "data-testid": "idle-warning", role: "status" },
+          `Are you still there? This conversation ends in ${secs} s unless you write.`);
+        transcript.append(li);
+        scrollTranscript();
+        break;
+      }
+      case "chat.timeout":
+        addNotice(f.reason === "max_duration"
+          ? "This conversation reached its time limit."
+          : "This conversation ended after a period of silence.");
+        break;
       case "chat.ended":
         addNotice(`Session ended (${f.reason || "closed"}). A new conversation starts.`);
         setSession(null);

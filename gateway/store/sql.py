@@ -77,6 +77,17 @@ class NewMessage:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class LimitCandidate:
+    """An active session past one of its limits' thresholds (see `gateway.limits`)."""
+
+    id: str
+    agent_id: str
+    channel: str
+    started_at: int
+    last_inbound_at: int | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SessionQuery:
     agent: str | None = None
     agents: frozenset[str] | None = None  # visibility scope (tenants); None = all
@@ -781,45 +792,46 @@ class Store:
             ).all()
         return [_message(r) for r in reversed(rows)]
 
-    async def expired_sessions(
-        self, *, agent_id: str, idle_before: int, window_before: int
-    ) -> list[tuple[str, str]]:
-        """Active sessions of an agent past a limit: (session id, reason)."""
+    async def limit_candidates(
+        self,
+        *,
+        agent_id: str,
+        idle_warn_before: int | None,
+        started_before: int | None,
+        window_before: int,
+    ) -> list[LimitCandidate]:
+        """Active sessions of an agent (calls aside) that a limit may concern now: the user
+        silent since before `idle_warn_before`, started before `started_before`, or (WhatsApp)
+        last heard from before `window_before`. Oldest idle first."""
+        basis = func.coalesce(SessionRow.last_inbound_at, SessionRow.started_at)
+        due = [and_(SessionRow.channel == "whatsapp", SessionRow.last_inbound_at < window_before)]
+        if idle_warn_before is not None:
+            due.append(basis < idle_warn_before)
+        if started_before is not None:
+            due.append(SessionRow.started_at < started_before)
         async with self._read() as s:
             rows = (
                 await s.execute(
                     select(
                         SessionRow.id,
                         SessionRow.channel,
-                        SessionRow.last_message_at,
+                        SessionRow.started_at,
                         SessionRow.last_inbound_at,
                     )
                     .where(
                         SessionRow.agent_id == agent_id,
                         SessionRow.status == SessionStatus.ACTIVE,
                         SessionRow.channel != "phone",
-                        or_(
-                            SessionRow.last_message_at < idle_before,
-                            and_(
-                                SessionRow.channel == "whatsapp", SessionRow.last_inbound_at < window_before
-                            ),
-                        ),
+                        or_(*due),
                     )
+                    .order_by(basis)
                     .limit(500)
                 )
             ).all()
-        out = []
-        for sid, channel, last_message, last_inbound in rows:
-            # Whichever limit passed first names the end.
-            idle_at = last_message - idle_before
-            window_at = (
-                last_inbound - window_before if channel == "whatsapp" and last_inbound is not None else None
-            )
-            if window_at is not None and window_at < 0 and (idle_at >= 0 or window_at <= idle_at):
-                out.append((sid, "window_expired"))
-            else:
-                out.append((sid, "idle_timeout"))
-        return out
+        return [
+            LimitCandidate(id=sid, agent_id=agent_id, channel=ch, started_at=at, last_inbound_at=last)
+            for sid, ch, at, last in rows
+        ]
 
     async def stale_calls(self, *, agent_id: str, started_before: int) -> list[str]:
         """Active phone sessions of an agent started before a time (calls nobody closed)."""
@@ -1006,11 +1018,16 @@ class Store:
             return _session(row, await _contact_of(s, row))
 
     async def end_session(
-        self, session_id: str, reason: str, extra: dict[str, Any] | None = None
+        self,
+        session_id: str,
+        reason: str,
+        extra: dict[str, Any] | None = None,
+        before: Sequence[Event] = (),
     ) -> tuple[SessionRecord | None, list[Event]]:
         """End an active session (idempotent: an ended session yields no event).
 
-        `extra` adds fields to the `session.ended` event (e.g. a call's own duration).
+        `extra` adds fields to the `session.ended` event (e.g. a call's own duration);
+        `before` are events stored with it, ahead of it (e.g. `session.timeout`).
         """
         now = now_ms()
         async with self._write() as s:
@@ -1037,7 +1054,7 @@ class Store:
                     **(extra or {}),
                 },
             )
-            events = await self._append(s, [ev])
+            events = await self._append(s, [*before, ev])
             return _session(row, await _contact_of(s, row)), events
 
     async def erase_session(self, session_id: str) -> tuple[SessionRecord | None, list[Event]]:
