@@ -32,6 +32,7 @@ from gateway.directory import AgentDirectory
 from gateway.errors import BadRequest, Conflict, GatewayError, NotFound
 from gateway.events import ContactRef, Event, InboundMessage, now_ms
 from gateway.metrics import Metrics
+from gateway.redact import redact_url
 from gateway.settings import AgentConfig, Settings
 from gateway.store.outbox import OutboxPart
 from gateway.store.records import MessageRecord, SessionRecord
@@ -750,6 +751,9 @@ class ConversationService:
     async def _fail(
         self, session: SessionRecord, pending: list[MessageRecord], last: str, code: str, message: str
     ) -> None:
+        # The reason reaches feeds and the person's chat: an endpoint URL in it may carry a
+        # key (`?api-key=`) or a password; mask them as the logs do.
+        message = redact_url(message)
         log.warning("turn failed: %s", message, extra={"session_id": session.id, "message_id": last})
         self.metrics.turns.labels(session.agent_id, "error").inc()
         await self.store.settle_pending(

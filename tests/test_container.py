@@ -100,7 +100,7 @@ def test_the_image_builds_runs_as_non_root_and_serves(tmp_path: Path) -> None:
     inspect = json.loads(sh("podman", "image", "inspect", IMAGE).stdout)[0]
     assert inspect["Config"]["User"] == "switchboard"
     assert inspect["Config"]["Entrypoint"] == ["gateway"] and inspect["Config"]["Cmd"] == ["serve"]
-    assert inspect["Config"]["Healthcheck"]["Test"] == ["CMD", "gateway", "health"]
+    assert inspect["Healthcheck"]["Test"] == ["CMD", "gateway", "health"]
 
     config = tmp_path / "gateway.toml"
     config.write_text('[agents.support]\nanswer = "echo"\nallowed_origins = ["http://127.0.0.1:*"]\n')

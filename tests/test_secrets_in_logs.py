@@ -73,6 +73,7 @@ async def test_a_whole_gateway_run_never_logs_a_secret(tmp_path: Path) -> None:
     wa_token, wa_secret, verify = (f"{n}-{secrets.token_hex(10)}" for n in ("EAAG", "appsecret", "verify"))
     twilio_token = secrets.token_hex(16)
     llm_key = "sk-proj-" + secrets.token_hex(12)
+    url_key = "azure" + secrets.token_hex(12)  # a key written into an endpoint URL
     config = tmp_path / "gateway.toml"
     config.write_text(
         f"""
@@ -99,7 +100,7 @@ number = "+15550001111"
 answer = "llm"
 allowed_origins = ["http://127.0.0.1:*"]
 [agents.writer.llm]
-base_url = "http://127.0.0.1:9/v1"
+base_url = "http://127.0.0.1:9/v1?api-key={url_key}"
 model = "m"
 api_key_env = "WRITER_LLM_KEY"
 """
@@ -129,6 +130,7 @@ api_key_env = "WRITER_LLM_KEY"
     log = tmp_path / "serve.log"
     proc = _spawn([*GATEWAY, "serve", "--config", str(config), "--port", str(port)], env, tmp_path, log)
     tokens: list[str] = []
+    received: list[str] = []  # what clients were sent: messages count as much as logs
     try:
         async with httpx.AsyncClient(base_url=base, timeout=10) as c:
             async with asyncio.timeout(30):
@@ -175,13 +177,22 @@ api_key_env = "WRITER_LLM_KEY"
                 await ws.recv()
                 await ws.send(json.dumps({"event": "message", "text": "hello"}))
                 async with asyncio.timeout(15):
-                    while json.loads(await ws.recv())["event"] not in ("chat.error", "error", "chat.done"):
-                        pass
+                    while True:
+                        frame = str(await ws.recv())
+                        received.append(frame)
+                        if json.loads(frame)["event"] in ("chat.error", "error", "chat.done"):
+                            break
+            # ... and what every client can read afterwards: the stored events.
+            async with c.stream("GET", "/v1/events", headers={**auth, "last-event-id": "0"}) as r:
+                async for line in r.aiter_lines():
+                    received.append(line)
+                    if line.startswith("event: stream.caughtUp"):
+                        break
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
     transcript.append(log.read_text())
-    everything = "\n".join(transcript)
+    everything = "\n".join([*transcript, *received])
 
     used_secrets = {
         "database password": password,
@@ -192,6 +203,7 @@ api_key_env = "WRITER_LLM_KEY"
         "WhatsApp verify token": verify,
         "Twilio auth token": twilio_token,
         "LLM API key": llm_key,
+        "key in the LLM's URL": url_key,
         **{f"browser token {i}": t for i, t in enumerate(tokens)},
     }
     leaked = {name: value for name, value in used_secrets.items() if value in everything}
@@ -205,5 +217,6 @@ api_key_env = "WRITER_LLM_KEY"
     assert '"WebSocket /chat/ws?token=***" [accepted]' in messages
     assert '"GET /v1/events?token=*** HTTP/1.1" 200' in messages
     assert '"WebSocket /v1/agents/ws?key=***"' in messages
+    assert any("api-key=***" in frame for frame in received)  # the failed turn's reason, masked
     assert "database: postgresql+asyncpg://postgres:***@127.0.0.1:5432/" in everything
     assert "database at head: postgresql+asyncpg://postgres:***@127.0.0.1:5432/" in everything
