@@ -130,8 +130,10 @@ class ParagraphSender:
         delivery: Delivery,
         reply_id: str,
         reply_to: MessageRecord,
+        most: int = 0,
     ) -> None:
         self._service = service
+        self._most = most  # limits.max_reply_messages: the last one is kept for the rest
         self._session = session
         self._delivery = delivery
         self._reply_id = reply_id
@@ -140,6 +142,8 @@ class ParagraphSender:
         self.count = 0  # parts queued so far
 
     async def feed(self, text: str) -> None:
+        if self._most and self.count >= self._most - 1:
+            return  # the bound is near: the rest goes out together, as the reply's last message
         cut = text.rfind("\n\n", self._sent)
         if cut < 0:
             return
@@ -552,7 +556,7 @@ class ConversationService:
         parts: list[str] = []
         extra: list[NewMessage] = []
         paragraphs = (
-            ParagraphSender(self, session, delivery, reply_id, pending[-1])
+            ParagraphSender(self, session, delivery, reply_id, pending[-1], config.limits.max_reply_messages)
             if delivery is not None and config.progressive and delivery.window_open(session, now_ms())
             else None
         )
@@ -653,7 +657,13 @@ class ConversationService:
             if not rest.strip():
                 pass  # progressive mode already queued every paragraph
             elif delivery.window_open(latest, now_ms()):
-                payloads = delivery.render(latest, rest, pending[-1] if first_part == 0 else None)
+                most = config.limits.max_reply_messages
+                payloads = delivery.render(
+                    latest,
+                    rest,
+                    pending[-1] if first_part == 0 else None,
+                    max_parts=max(1, most - first_part) if most else None,
+                )
                 total = first_part + len(payloads)
                 outbox = [
                     OutboxPart(payload=p, part=first_part + i, parts=total) for i, p in enumerate(payloads)

@@ -48,9 +48,15 @@ class SendFailed(Exception):
 
 class Delivery(Protocol):
     def render(
-        self, session: SessionRecord, text: str, reply_to: MessageRecord | None
+        self,
+        session: SessionRecord,
+        text: str,
+        reply_to: MessageRecord | None,
+        *,
+        max_parts: int | None = None,
     ) -> list[dict[str, Any]]:
-        """The provider payloads (one per part) that carry `text` to the session's contact."""
+        """The provider payloads (one per part) that carry `text` to the session's contact,
+        at most `max_parts` of them when the provider honours a bound (None: no bound)."""
         ...
 
     async def send(self, item: OutboxItem) -> str:

@@ -39,6 +39,12 @@ class Metrics:
             ["provider", "level", "code"],
             registry=r,
         )
+        self.whatsapp_priced = Counter(
+            "gateway_whatsapp_priced_messages",
+            "Sent WhatsApp messages by Meta's pricing category and type (from their statuses)",
+            ["agent", "category", "type"],
+            registry=r,
+        )
         self.sse_dropped = Counter(
             "gateway_sse_clients_dropped", "SSE clients cut loose for falling behind", registry=r
         )

@@ -39,6 +39,7 @@ from gateway.api.agent_socket import AgentSocket
 from gateway.api.http import on_crash, on_gateway_error, on_http_error
 from gateway.api.messages import MessageRoutes
 from gateway.api.ops import OpsRoutes
+from gateway.api.pricing import PricingRoutes
 from gateway.api.sessions import SessionRoutes
 from gateway.api.takeover import TakeoverRoutes
 from gateway.api.tokens import TokenRoutes
@@ -178,6 +179,7 @@ def create_app(
         TokenRoutes(rt),
         MessageRoutes(rt),
         SessionRoutes(rt),
+        PricingRoutes(rt),
         TakeoverRoutes(rt),
         FeedChannel(rt),
         ChatChannel(rt),

@@ -96,6 +96,8 @@ class LimitsConfig(_Model):
     idle_grace_seconds: float = Field(default=0, ge=0)
     max_duration_seconds: float = Field(default=0, ge=0)
     max_text_chars: int = Field(default=4096, gt=0)
+    # WhatsApp (Cloud API): at most this many messages per reply (every message is billed); 0: no bound.
+    max_reply_messages: int = Field(default=0, ge=0)
     max_tool_rounds: int = Field(default=5, ge=0)
     history_conversations: int = Field(default=5, ge=0)
     history_messages: int = Field(default=20, ge=0)

@@ -353,9 +353,15 @@ class TwilioMessaging:
         return binding
 
     def render(
-        self, session: SessionRecord, text: str, reply_to: MessageRecord | None
+        self,
+        session: SessionRecord,
+        text: str,
+        reply_to: MessageRecord | None,
+        *,
+        max_parts: int | None = None,
     ) -> list[dict[str, Any]]:
         # Twilio threads nothing (no reply context on SMS or WhatsApp sends): `reply_to` is unused.
+        # `max_parts` (limits.max_reply_messages) is a Cloud API bound: not applied here.
         from_ = endpoint_address(session)
         whatsapp = session.channel == str(Channel.WHATSAPP)
         address = session.contact.address if session.contact else ""

@@ -30,7 +30,7 @@ from channels.whatsapp.errors import GraphError, WindowClosed
 from channels.whatsapp.parse import parse_webhook
 from channels.whatsapp.payloads import MEDIA_KINDS, Change, WaError, WaMessage, WaStatus
 from channels.whatsapp.referral import from_cloud
-from channels.whatsapp.render import split_message, to_whatsapp_markdown
+from channels.whatsapp.render import bound_parts, split_message, to_whatsapp_markdown
 from channels.whatsapp.signature import verify_signature, verify_token_matches
 from channels.whatsapp.transcribe import TranscriptionError, transcribers_for
 from gateway.api.http import opt_str, read_body, read_json
@@ -381,6 +381,17 @@ class WhatsAppChannel:
             sid = events[0].session_id
             if sid:
                 await self.rt.store.outbox.close_window(sid)
+        if status.pricing or status.conversation:
+            priced = await self.rt.store.pricing.record(
+                channel=str(Channel.WHATSAPP),
+                provider_message_id=status.wamid,
+                idempotency_key=status.biz_opaque_callback_data,
+                pricing=status.pricing,
+                conversation=status.conversation,
+            )
+            if priced is not None:
+                agent, category, kind = priced
+                self.rt.metrics.whatsapp_priced.labels(agent, category, kind or "unknown").inc()
 
     # ----------------------------------------------------------- delivery
 
@@ -392,10 +403,23 @@ class WhatsAppChannel:
         return number
 
     def render(
-        self, session: SessionRecord, text: str, reply_to: MessageRecord | None
+        self,
+        session: SessionRecord,
+        text: str,
+        reply_to: MessageRecord | None,
+        *,
+        max_parts: int | None = None,
     ) -> list[dict[str, Any]]:
         to = session.contact.address if session.contact else ""
         parts = split_message(to_whatsapp_markdown(text), 4096)
+        if max_parts is not None and len(parts) > max(1, max_parts):
+            log.warning(
+                "a reply of %d WhatsApp messages cut to %d (limits.max_reply_messages)",
+                len(parts),
+                max(1, max_parts),
+                extra={"session_id": session.id},
+            )
+            parts = bound_parts(parts, max(1, max_parts), 4096)
         wamid = reply_to.provider_message_id if reply_to is not None else None
         return [text_payload(to, part, reply_to=wamid if i == 0 else None) for i, part in enumerate(parts)]
 

@@ -189,3 +189,14 @@ def _tears(text: str, i: int) -> bool:
     char = text[i]
     glue = char in _GLUE or unicodedata.combining(char) != 0 or 0x1F3FB <= ord(char) <= 0x1F3FF
     return glue or text[i - 1] == "\u200d"
+
+
+def bound_parts(parts: list[str], most: int, limit: int = 4096) -> list[str]:
+    """At most `most` parts: the first `most - 1` as they are, the rest joined into the last,
+    which is cut (with "…") when it cannot fit in one message of `limit` UTF-16 units."""
+    if len(parts) <= most:
+        return parts
+    head, tail = parts[: most - 1], "\n\n".join(parts[most - 1 :])
+    if utf16_len(tail) > limit:
+        tail = split_message(tail, limit - 1)[0] + "…"
+    return [*head, tail]

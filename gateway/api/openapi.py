@@ -161,6 +161,20 @@ def openapi_document() -> dict[str, Any]:
                     errors=("401", "404"),
                 ),
             },
+            "/v1/sessions/{session_id}/pricing": {
+                "get": _op(
+                    "What the session's sent WhatsApp messages cost: counts by pricing category and type",
+                    params=[_p("session_id")],
+                    errors=("401", "404"),
+                )
+            },
+            "/v1/agents/{agent}/pricing": {
+                "get": _op(
+                    "What the agent's sent WhatsApp messages cost: counts by pricing category and type",
+                    params=[_p("agent"), _q("since", "integer"), _q("until", "integer")],
+                    errors=("400", "401", "403", "404"),
+                )
+            },
             "/v1/sessions/{session_id}/pause": {
                 "post": _op(
                     "Take over: pause the AI on this session",

@@ -193,5 +193,11 @@ class OutboxRow(Base):
     provider_message_id: Mapped[str | None] = mapped_column(String(128), index=True)
     delivery: Mapped[str | None] = mapped_column(String(16))  # sent/delivered/read/played/failed
     last_error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # WhatsApp per-message pricing from the statuses: the category and type to count by,
+    # whether Meta charges for it, and every field Meta sent (with `conversation`).
+    pricing_category: Mapped[str | None] = mapped_column(String(48))
+    pricing_type: Mapped[str | None] = mapped_column(String(48))
+    pricing_billable: Mapped[bool | None] = mapped_column(Boolean)
+    pricing: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[int]
     updated_at: Mapped[int]

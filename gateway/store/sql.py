@@ -39,6 +39,7 @@ from gateway.store.models import (
     SessionRow,
 )
 from gateway.store.outbox import OutboxPart, OutboxQueries
+from gateway.store.pricing import PricingQueries
 from gateway.store.records import (
     ApiKeyRecord,
     ContactRecord,
@@ -109,6 +110,7 @@ class Store:
         self._write_lock = asyncio.Lock()
         self.on_commit = on_commit
         self.outbox = OutboxQueries(self)
+        self.pricing = PricingQueries(self)
 
     async def close(self) -> None:
         await self.engine.dispose()
