@@ -414,9 +414,14 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     **overrides: Any,
 ) -> Settings:
-    """Read the config file (if any) and the environment, once."""
+    """Read the config file (if any) and the environment, once.
+
+    `path`, else `$GATEWAY_CONFIG`, else the embedded default. The CLI also looks for
+    `./gateway.toml` (`config_path`) and passes what it found; this function never
+    depends on the working directory.
+    """
     env = os.environ if env is None else env
-    path, _how = config_path(path, env)
+    path = path or env.get("GATEWAY_CONFIG")
     server_env: dict[str, Any] = {}
     for var, (key, kind) in _ENV_KEYS.items():
         if var in env and env[var] != "":
