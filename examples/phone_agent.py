@@ -42,6 +42,9 @@ def answer_for(text: str) -> str:
 
 
 def build(gw: Gateway, *, transfer_to: str = "+15558675309", blocked: frozenset[str] = frozenset()) -> Agent:
+    # On a gateway.toml agent only `phone.ringing` (and tools) of this declaration take
+    # effect: the greeting and phone settings there win (a process never redefines it).
+    # They apply as written when this process declares an agent of its own.
     desk = gw.agent(
         "receptionist",
         greeting="Thanks for calling Acme. How can I help?",

@@ -16,13 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import Forbidden, Unauthorized
+from gateway.errors import BadRequest, Unauthorized
 from gateway.events import now_ms
 from gateway.settings import Settings
 from gateway.store.records import ApiKeyRecord, TokenRecord
 from gateway.store.sql import Store
 
 TOKEN_CHANNELS = frozenset({"chat", "stream"})
+LAST_USED_GRANULARITY_MS = 60_000
 
 
 def sha256(value: str) -> str:
@@ -31,21 +32,27 @@ def sha256(value: str) -> str:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Principal:
-    """Who is calling. `tenant` is None for keys that see every agent."""
+    """Who is calling and what they may see: the scope of a key or a browser token.
+
+    An admin key sees every agent. Any other credential sees the agents of its
+    `tenant` (None: the operator's agents, those without a tenant), narrowed to
+    `agents` when set. A stream token sees one agent, and one session when minted
+    for one. Whether an agent is visible is decided by `Access` (gateway/access.py),
+    which knows each agent's tenant; nothing else decides it.
+    """
 
     name: str
     admin: bool = False
     tenant: str | None = None
-    agent: str | None = None  # stream tokens are scoped to one agent
+    agents: frozenset[str] | None = None
+    read_only: bool = False
+    session: str | None = None  # a stream token minted for one session
+    key_id: str | None = None
 
-    def can_see(self, agent_id: str) -> bool:
-        # The one place where tenant scoping will be decided (tenants arrive later):
-        # until then a key sees every agent, a stream token only its own.
-        return self.agent is None or self.agent == agent_id
-
-    def check(self, agent_id: str) -> None:
-        if not self.can_see(agent_id):
-            raise Forbidden(f"this credential may not access agent {agent_id!r}")
+    def allows(self, agent_id: str, agent_tenant: str | None) -> bool:
+        if self.agents is not None and agent_id not in self.agents:
+            return False
+        return self.admin or agent_tenant == self.tenant
 
 
 def origin_allowed(origin: str | None, patterns: list[str]) -> bool:
@@ -78,7 +85,13 @@ class Auth:
                 sha256(env[key.key_env]) if key.key_env and env.get(key.key_env) else None
             )
             if digest:
-                self._static[digest] = Principal(name=key.name)
+                self._static[digest] = Principal(
+                    name=key.name,
+                    admin=key.admin,
+                    tenant=key.tenant,
+                    agents=None if key.agents is None else frozenset(key.agents),
+                    read_only=key.read_only,
+                )
 
     # ---------------------------------------------------------------- API keys
 
@@ -96,11 +109,42 @@ class Auth:
         record = await self._store.api_key_by_hash(digest)
         if record is None or record.revoked_at is not None:
             raise Unauthorized("invalid or revoked API key")
-        return Principal(name=record.name, tenant=record.tenant)
+        now = now_ms()
+        if record.last_used_at is None or now - record.last_used_at > LAST_USED_GRANULARITY_MS:
+            await self._store.touch_api_key(record.id, now)  # at most once a minute per key
+        return Principal(
+            name=record.name,
+            admin=record.admin,
+            tenant=record.tenant,
+            agents=None if record.agents is None else frozenset(record.agents),
+            read_only=record.read_only,
+            key_id=record.id,
+        )
 
-    async def create_key(self, name: str, tenant: str | None = None) -> tuple[str, ApiKeyRecord]:
+    async def create_key(
+        self,
+        name: str,
+        tenant: str | None = None,
+        *,
+        agents: list[str] | None = None,
+        read_only: bool = False,
+        admin: bool = False,
+    ) -> tuple[str, ApiKeyRecord]:
+        """A new key, returned once; only its hash is stored."""
+        if admin and (tenant is not None or agents is not None):
+            raise BadRequest(
+                "an admin key sees every tenant: it takes no tenant or agents", code="invalid_key"
+            )
         key = "sk_" + secrets.token_urlsafe(32)
-        record = await self._store.add_api_key(name=name, prefix=key[:10], sha256=sha256(key), tenant=tenant)
+        record = await self._store.add_api_key(
+            name=name,
+            prefix=key[:10],
+            sha256=sha256(key),
+            tenant=tenant,
+            agents=agents,
+            read_only=read_only,
+            admin=admin,
+        )
         return key, record
 
     # ---------------------------------------------------------- browser tokens

@@ -200,15 +200,22 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
     async def work(rt: Any) -> int:
         if args.action == "create":
-            key, record = await rt.auth.create_key(args.name, args.tenant)
+            agents = [a.strip() for a in args.agents.split(",") if a.strip()] if args.agents else None
+            key, record = await rt.auth.create_key(
+                args.name, args.tenant, agents=agents, read_only=args.read_only, admin=args.admin
+            )
             print(key)
             print(
-                f"created {record.id} ({record.name}); the key is shown once: store it now", file=sys.stderr
+                f"created {record.id} ({record.name}, {_scope_text(record)}); "
+                "the key is shown once: store it now",
+                file=sys.stderr,
             )
         elif args.action == "list":
             for k in await rt.store.api_keys():
+                if args.tenant is not None and k.tenant != args.tenant:
+                    continue
                 state = "revoked" if k.revoked_at else "active"
-                print(f"{k.id}\t{k.prefix}…\t{k.name}\t{state}")
+                print(f"{k.id}\t{k.prefix}…\t{k.name}\t{_scope_text(k)}\t{state}")
         else:
             if not await rt.store.revoke_api_key(args.key):
                 print(f"no active key {args.key!r}", file=sys.stderr)
@@ -217,6 +224,29 @@ def cmd_keys(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(_with_runtime(settings, work))
+
+
+def _scope_text(k: Any) -> str:
+    if k.admin:
+        scope = "admin"
+    else:
+        scope = f"tenant {k.tenant}" if k.tenant else "operator"
+        if k.agents is not None:
+            scope += " agents " + ",".join(k.agents)
+    return scope + (" read-only" if k.read_only else "")
+
+
+async def _tenant_agents(rt: Any, tenant: str | None) -> frozenset[str] | None:
+    """`--tenant T`: the agents of tenant T, from gateway.toml and those processes declared
+    (an unknown tenant has none); None: every agent."""
+    if tenant is None:
+        return None
+    stored = {
+        a
+        for a, (_origin, cfg, _paused) in (await rt.store.agent_rows()).items()
+        if cfg.get("tenant") == tenant
+    }
+    return frozenset(stored | {a for a in rt.directory.ids() if rt.directory.get(a).tenant == tenant})
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -238,7 +268,14 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     _refuse_missing_sqlite(settings)
 
     async def work(rt: Any) -> int:
-        rows = await rt.store.sessions(SessionQuery(agent=args.agent, status=args.status, limit=args.limit))
+        rows = await rt.store.sessions(
+            SessionQuery(
+                agent=args.agent,
+                agents=await _tenant_agents(rt, args.tenant),
+                status=args.status,
+                limit=args.limit,
+            )
+        )
         for s in rows:
             contact = s.contact.address if s.contact else "-"
             print(f"{s.id}\t{s.agent_id}\t{s.channel}\t{contact}\t{s.status}")
@@ -257,10 +294,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     async def work(rt: Any) -> int:
         count, cursor = 0, None
+        scope = await _tenant_agents(rt, args.tenant)
         total = await rt.store.count_sessions(agent=args.agent)
         try:
             while True:
-                rows = await rt.store.sessions(SessionQuery(agent=args.agent, limit=200, cursor=cursor))
+                rows = await rt.store.sessions(
+                    SessionQuery(agent=args.agent, agents=scope, limit=200, cursor=cursor)
+                )
                 for s in rows:
                     record = session_json(s)
                     record["messages"] = [message_json(m) for m in await rt.store.messages(s.id)]
@@ -345,8 +385,14 @@ def parser() -> argparse.ArgumentParser:
     ksub = k.add_subparsers(dest="action", required=True, metavar="ACTION")
     kc = ksub.add_parser("create", help="create a key and print it once", parents=[common])
     kc.add_argument("name", help="a name to recognise the key by")
-    kc.add_argument("--tenant", help="tenant the key belongs to (default: none, an operator key)")
-    ksub.add_parser("list", help="list keys (never the keys themselves)", parents=[common])
+    kc.add_argument(
+        "--tenant", help="the key sees only this tenant's agents (default: none, an operator key)"
+    )
+    kc.add_argument("--agents", help="narrow the key to these agent ids (comma-separated)")
+    kc.add_argument("--read-only", dest="read_only", action="store_true", help="no writes (dashboards)")
+    kc.add_argument("--admin", action="store_true", help="sees every tenant and manages keys")
+    kl = ksub.add_parser("list", help="list keys (never the keys themselves)", parents=[common])
+    kl.add_argument("--tenant", help="only this tenant's keys")
     kr = ksub.add_parser("revoke", help="revoke a key", parents=[common])
     kr.add_argument("key", help="key id (key_…) or prefix (sk_…)")
     k.set_defaults(func=cmd_keys)
@@ -363,11 +409,13 @@ def parser() -> argparse.ArgumentParser:
     ss.add_argument("--agent", help="only this agent's (default: all)")
     ss.add_argument("--status", choices=["active", "ended"], help="only active or ended (default: both)")
     ss.add_argument("--limit", type=int, default=50, help="how many, newest first (default: 50)")
+    ss.add_argument("--tenant", help="only sessions of this tenant's agents")
     ss.set_defaults(func=cmd_sessions)
 
     e = command("export", "write every session with its messages as JSON lines")
     e.add_argument("--agent", help="only this agent's (default: all)")
     e.add_argument("-o", "--output", default="-", help="file to write (default: -, standard output)")
+    e.add_argument("--tenant", help="only sessions of this tenant's agents")
     e.set_defaults(func=cmd_export)
     return p
 

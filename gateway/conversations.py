@@ -9,11 +9,12 @@ Observers (SSE feeds, chat sockets, agent processes) only read the bus and the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol
 
 from gateway import ids
@@ -31,6 +32,7 @@ from gateway.delivery import Delivery, Template, provider_of
 from gateway.directory import AgentDirectory
 from gateway.errors import BadRequest, Conflict, GatewayError, NotFound
 from gateway.events import ContactRef, Event, InboundMessage, now_ms
+from gateway.fairness import TenantGate
 from gateway.metrics import Metrics
 from gateway.redact import redact_url
 from gateway.settings import AgentConfig, Settings
@@ -187,8 +189,12 @@ class ConversationService:
         self.directory = directory
         self.agents = agents
         self.metrics = metrics
+        self.tenant_gate = TenantGate(settings.server.tenant_max_concurrent_turns)
         self.turns = TurnRunner(
-            self._run_turn, give_up=self._give_up, max_concurrent=settings.server.max_concurrent_turns
+            self._run_turn,
+            give_up=self._give_up,
+            max_concurrent=settings.server.max_concurrent_turns,
+            gate=self._tenant_slot if self.tenant_gate.limit else None,
         )
         self._history: OrderedDict[str, tuple[tuple[int, int], list[MessageRecord]]] = OrderedDict()
         self._flush_s = settings.server.token_flush_ms / 1000
@@ -276,10 +282,10 @@ class ConversationService:
             raise NotFound(f"no session {session_id!r}", code="unknown_session")
         return session
 
-    async def erase_session(self, session_id: str) -> SessionRecord:
+    async def erase_session(self, session_id: str, *, by: str | None = None) -> SessionRecord:
         self.turns.forget(session_id)
         self._history.clear()  # an erased conversation must never come back as someone's history
-        session, _ = await self.store.erase_session(session_id)
+        session, _ = await self.store.erase_session(session_id, by=by)
         if session is None:
             raise NotFound(f"no session {session_id!r}", code="unknown_session")
         return session
@@ -330,7 +336,7 @@ class ConversationService:
                 self.turns.forget(sid)
         return changed
 
-    async def send_human(self, session_id: str, text: str, *, author: str) -> str:
+    async def send_human(self, session_id: str, text: str, *, author: str, by: str | None = None) -> str:
         """An operator's message, delivered on the session's own channel, stored as `source: human`."""
         session = await self.session(session_id)
         if not session.active:
@@ -349,7 +355,16 @@ class ConversationService:
         await self.store.record_reply(
             session_id=session_id,
             answered=[],
-            messages=[NewMessage(id=message_id, role="assistant", text=text, source="human", author=author)],
+            messages=[
+                NewMessage(
+                    id=message_id,
+                    role="assistant",
+                    text=text,
+                    source="human",
+                    author=author,
+                    meta={"by": by} if by else None,  # the key that sent it (audit)
+                )
+            ],
             outbox=outbox,
             events=[
                 Event(
@@ -357,7 +372,13 @@ class ConversationService:
                     agent=session.agent_id,
                     session_id=session_id,
                     channel=session.channel,
-                    data={"messageId": message_id, "text": text, "source": "human", "author": author},
+                    data={
+                        "messageId": message_id,
+                        "text": text,
+                        "source": "human",
+                        "author": author,
+                        **({"by": by} if by else {}),
+                    },
                 )
             ],
         )
@@ -493,6 +514,18 @@ class ConversationService:
         return len(sessions)
 
     # ---------------------------------------------------------------- turns
+
+    @contextlib.asynccontextmanager
+    async def _tenant_slot(self, session_id: str) -> AsyncIterator[None]:
+        """A turn waits for its tenant's slot before it takes a gateway-wide one, so a
+        tenant's flood never holds the slots other tenants need (docs/tenants.md, "Limits")."""
+        try:
+            session = await self.store.session(session_id)
+        except Exception:  # the turn itself will meet (and retry) the database error
+            session = None
+        config = None if session is None else self.directory.find(session.agent_id)
+        async with self.tenant_gate.slot(None if config is None else config.tenant):
+            yield
 
     async def _run_turn(self, session_id: str) -> None:
         session = await self.store.session(session_id)

@@ -10,6 +10,7 @@
     ├── Forbidden (403)               key or origin not allowed for this agent
     ├── NotFound (404)                unknown agent / session
     ├── Conflict (409)                e.g. writing to an ended session
+    ├── RateLimited (429)             a key or origin over its rate (with Retry-After)
     └── AgentError (502)              the agent (LLM, webhook, process) failed a turn
 
 Routes turn a GatewayError into `{"error": {"code", "message"}}`; anything else is
@@ -72,6 +73,15 @@ class NotFound(GatewayError):
 class Conflict(GatewayError):
     status = 409
     code = "conflict"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after + 0.999))
 
 
 class AgentError(GatewayError):

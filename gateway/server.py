@@ -33,10 +33,12 @@ from channels.twilio.outbound import TwilioOutbound
 from channels.twilio.voice import TwilioVoice
 from channels.whatsapp.channel import PROVIDER as WHATSAPP
 from channels.whatsapp.channel import WhatsAppChannel
+from gateway.access import Access
 from gateway.agents.factory import AgentFactory
 from gateway.agents.remote import ProcessHub
 from gateway.api.agent_socket import AgentSocket
 from gateway.api.http import on_crash, on_gateway_error, on_http_error
+from gateway.api.keys import KeyRoutes
 from gateway.api.messages import MessageRoutes
 from gateway.api.ops import OpsRoutes
 from gateway.api.pricing import PricingRoutes
@@ -52,6 +54,7 @@ from gateway.errors import GatewayError
 from gateway.limits import SessionLimits
 from gateway.metrics import Metrics
 from gateway.outbox import Outbox
+from gateway.ratelimit import RateLimiter
 from gateway.runtime import Runtime
 from gateway.settings import AgentConfig, Settings
 from gateway.store.db import create_engine, ensure_schema
@@ -86,12 +89,15 @@ def build_runtime(settings: Settings, env: Mapping[str, str] | None = None) -> R
     outbox = Outbox(store, deliveries, settings.server)
     service.on_outbox = outbox.wake
     factory.builtins.request_human = service.request_human
+    auth = Auth(settings, store, env)
     return Runtime(
         settings=settings,
         store=store,
         bus=bus,
         directory=directory,
-        auth=Auth(settings, store, env),
+        auth=auth,
+        access=Access(auth, directory, store, RateLimiter(settings.server.key_requests_per_minute)),
+        origin_mints=RateLimiter(settings.server.origin_mints_per_minute),
         service=service,
         metrics=metrics,
         agents=factory,
@@ -177,6 +183,7 @@ def create_app(
     routes: list[BaseRoute] = [Route("/v1/tokens", _preflight(rt), methods=["OPTIONS"])]
     for part in (
         TokenRoutes(rt),
+        KeyRoutes(rt),
         MessageRoutes(rt),
         SessionRoutes(rt),
         PricingRoutes(rt),

@@ -215,6 +215,13 @@ class TranscriberConfig(_Model):
 
 class AgentConfig(_Model):
     answer: Literal["echo", "llm", "webhook", "process"] = "echo"
+    # The tenant that owns the agent (docs/tenants.md); None: the operator's own agent.
+    tenant: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_\-.]{1,64}$")
+    # May an agent process (with a key in scope) serve this gateway.toml agent: answer its
+    # turns, run its tools, screen its calls? None: yes when it needs a process to work
+    # (`answer = "process"`, a tool without `url`, call screening); the process never
+    # redefines a gateway.toml agent either way.
+    process: bool | None = None
     prompt: str = ""
     greeting: str | None = None
     allowed_origins: list[str] = Field(default_factory=list)
@@ -258,6 +265,16 @@ class AgentConfig(_Model):
     twilio: list[TwilioNumber] = Field(default_factory=list)
     phone: PhoneConfig = Field(default_factory=PhoneConfig)
 
+    @property
+    def process_may_serve(self) -> bool:
+        if self.process is not None:
+            return self.process
+        if self.answer == "process" or self.phone.ringing or any(n.ringing for n in self.twilio):
+            return True
+        return any(
+            t.url is None and not self.builtin_call_tool(t) and t.name != REQUEST_HUMAN for t in self.tools
+        )
+
     def builtin_call_tool(self, tool: ToolConfig) -> bool:
         """Is this the gateway's own endCall/transferToHuman (not a process or URL tool)?"""
         if tool.name not in CALL_TOOLS or tool.url:
@@ -277,6 +294,15 @@ class ApiKeyConfig(_Model):
     name: str
     key_env: str | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    # Scope (docs/tenants.md): an admin key sees everything; otherwise the key sees the
+    # agents of `tenant` (None: the operator's agents without a tenant), maybe narrowed.
+    admin: bool = False
+    tenant: str | None = None
+    agents: list[str] | None = None
+    read_only: bool = False
+
+
+AGENT_KINDS = frozenset({"echo", "process", "llm", "webhook", "tool_url", "transcriber"})
 
 
 class ServerConfig(_Model):
@@ -313,6 +339,28 @@ class ServerConfig(_Model):
     outbox_max_attempts: int = Field(default=8, gt=0)
     outbox_uncertain_grace_seconds: float = Field(default=120.0, ge=0)
     limits_sweep_seconds: float = Field(default=10.0, gt=0)
+    # --- security floor (docs/security.md)
+    # What an agent process with a non-admin key may register: "echo" and "process" always
+    # stay inside the gateway; "llm", "webhook", "tool_url" and "transcriber" make it call URLs.
+    key_agent_kinds: list[str] = Field(default_factory=lambda: ["echo", "process"])
+    # Environment variables a non-admin key's agent config may name (`api_key_env`, …).
+    key_secret_envs: list[str] = Field(default_factory=list)
+    # Let agent processes point the gateway at loopback, link-local and private addresses.
+    allow_private_urls: bool = False
+    # Browser tokens minted through an allowed Origin (no key): per origin, per minute.
+    origin_mints_per_minute: int = Field(default=60, gt=0)
+    # REST requests per API key per minute (0: unlimited); answered 429 with Retry-After.
+    key_requests_per_minute: int = Field(default=600, ge=0)
+    # Turns running at once for one tenant (0: unlimited); the rest wait their turn.
+    tenant_max_concurrent_turns: int = Field(default=0, ge=0)
+
+    @field_validator("key_agent_kinds")
+    @classmethod
+    def _kinds(cls, value: list[str]) -> list[str]:
+        unknown = set(value) - AGENT_KINDS
+        if unknown:
+            raise ValueError(f"unknown kinds {sorted(unknown)}; known: {sorted(AGENT_KINDS)}")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ the event loop and the connection pool until some time out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable, Coroutine
@@ -45,6 +46,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 
 RunTurn = Callable[[str], Coroutine[Any, Any, None]]
 GiveUp = Callable[[str, BaseException], Coroutine[Any, Any, None]]
+Gate = Callable[[str], contextlib.AbstractAsyncContextManager[None]]
 
 
 async def _nothing(_session_id: str, _exc: BaseException) -> None:
@@ -59,8 +61,10 @@ class TurnRunner:
         give_up: GiveUp = _nothing,
         max_concurrent: int = 512,
         retry_base_seconds: float = RETRY_BASE_SECONDS,
+        gate: Gate | None = None,
     ) -> None:
         self._run_turn = run_turn
+        self._gate = gate  # e.g. a tenant's cap, waited for before a gateway-wide slot
         self._give_up = give_up
         self._slots = asyncio.Semaphore(max_concurrent)
         self._retry_base = retry_base_seconds
@@ -86,7 +90,7 @@ class TurnRunner:
         try:
             while session_id in self._dirty and not self._closing:
                 self._dirty.discard(session_id)
-                async with self._slots:
+                async with self._gate(session_id) if self._gate else contextlib.nullcontext(), self._slots:
                     if self._closing:
                         return
                     turn = asyncio.create_task(self._run_turn(session_id), name=f"turn:{session_id}")

@@ -63,6 +63,8 @@ def make_settings(database_url: str, **over: Any) -> Settings:
         "token_flush_ms": 0,
         "host": "127.0.0.1",
         "port": 0,
+        # The fakes (LLM, webhook, tools) listen on 127.0.0.1: say so explicitly.
+        "allow_private_urls": True,
         **over.pop("server", {}),
     }
     agents = over.pop(

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,7 +26,7 @@ from starlette.types import Message, Receive, Scope, Send
 from gateway.auth import Principal
 from gateway.bus.base import Subscription, SubscriptionClosed
 from gateway.codec import dumps, encode_event
-from gateway.errors import BadRequest, Unauthorized
+from gateway.errors import BadRequest, NotFound, Unauthorized
 from gateway.events import Event
 from gateway.runtime import Runtime
 from gateway.tasks import first_completed
@@ -41,6 +42,10 @@ class FeedFilter:
     session: bytes | None = None
     types: frozenset[bytes] | None = None
     tokens: bool = False
+    # An unfiltered feed also follows agents of its scope that appear later (a process
+    # registers one): asked once per unknown agent, the answer remembered.
+    late: Callable[[str], bool] | None = None
+    _late_seen: dict[bytes, bool] = field(default_factory=dict)
 
     def match(self, header: bytes) -> bool:
         type_, _seq, agent, session = header.split(b"\t")
@@ -50,7 +55,14 @@ class FeedFilter:
             return False
         if self.session is not None and session != self.session:
             return False
-        return agent in self.agent_keys
+        if agent in self.agent_keys:
+            return True
+        if self.late is None:
+            return False
+        seen = self._late_seen.get(agent)
+        if seen is None:
+            seen = self._late_seen[agent] = self.late(agent.decode())
+        return seen
 
 
 class FeedChannel:
@@ -69,30 +81,34 @@ class FeedChannel:
             if token.startswith("sk_"):
                 raise Unauthorized("API keys are never accepted in URLs: send `Authorization: Bearer <key>`")
             record = await self.rt.auth.redeem(token, "stream")
-            return Principal(name="stream-token", agent=record.agent_id)
-        return await self.rt.auth.api_key(request.headers)
+            config = self.rt.directory.find(record.agent_id)
+            # A stream token reads one agent, and only one session when it was minted for one.
+            return Principal(
+                name="stream-token",
+                tenant=None if config is None else config.tenant,
+                agents=frozenset({record.agent_id}),
+                read_only=True,
+                session=record.session_id,
+            )
+        return await self.rt.access.key(request)
 
     async def all_events(self, request: Request) -> Response | FeedStream:
         principal = await self._principal(request)
         wanted = _csv(request.query_params.get("agents"))
-        known = set(self.rt.directory.ids())
         if wanted is not None:
             for agent in wanted:
-                self.rt.directory.get(agent)
-                principal.check(agent)
-            agents = wanted
-        else:
-            agents = {a for a in known if principal.can_see(a)}
-        return self._stream(request, agents)
+                self.rt.access.agent(principal, agent)
+            return self._stream(request, principal, set(wanted), fixed=True)
+        # Every agent the scope sees, including agents registered after the feed opened.
+        return self._stream(request, principal, set(self.rt.access.agents(principal)), fixed=False)
 
     async def agent_events(self, request: Request) -> Response | FeedStream:
         agent = request.path_params["agent"]
         principal = await self._principal(request)
-        self.rt.directory.get(agent)
-        principal.check(agent)
-        return self._stream(request, {agent})
+        self.rt.access.agent(principal, agent)
+        return self._stream(request, principal, {agent}, fixed=True)
 
-    def _stream(self, request: Request, agents: set[str]) -> FeedStream:
+    def _stream(self, request: Request, principal: Principal, agents: set[str], *, fixed: bool) -> FeedStream:
         q = request.query_params
         last = request.headers.get("last-event-id") or q.get("lastEventId")
         last_id: int | None = None
@@ -104,13 +120,19 @@ class FeedChannel:
             last_id = int(last)
         types = _csv(q.get("types"))
         session = q.get("session")
+        if principal.session is not None:
+            if session and session != principal.session:
+                raise NotFound(f"no session {session!r}", code="unknown_session")
+            session = principal.session  # the scope's session, whatever the query says
         tokens = q.get("tokens", "false").lower() in ("1", "true", "yes")
+        access = self.rt.access
         flt = FeedFilter(
             agents=frozenset(agents),
             agent_keys=frozenset(a.encode() for a in agents),
             session=session.encode() if session else None,
             types=None if types is None else frozenset(t.encode() for t in types),
             tokens=tokens,
+            late=None if fixed else (lambda agent: access.sees(principal, agent)),
         )
         return FeedStream(self.rt, flt, last_id, session=session, types=types)
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from channels.twilio.errors import TwilioError
 
 API_VERSION = "2010-04-01"
+# Where Twilio keeps message media (a MediaUrl on api.twilio.com redirects there).
+MEDIA_HOSTS = ("twilio.com", "twiliocdn.com", "amazonaws.com")
 CALL_EVENTS = ("initiated", "ringing", "answered", "completed")
 
 
@@ -84,11 +87,60 @@ class TwilioClient:
             form.append(("Status", status))
         return await self._post(f"Calls/{call_sid}.json", form)
 
+    def media_url_allowed(self, url: str) -> bool:
+        """Is `url` a media file of this account on Twilio's API host?
+
+        A webhook's `MediaUrlN` is only a hint: the gateway fetches (with the account's
+        credentials) only `{api_base_url}/2010-04-01/Accounts/{our AccountSid}/…`.
+        """
+        try:
+            parts, base = urlsplit(url), urlsplit(self.base_url)
+        except ValueError:
+            return False
+        prefix = f"{base.path.rstrip('/')}/{API_VERSION}/Accounts/{self.account_sid}/"
+        return (
+            parts.scheme == base.scheme
+            and parts.netloc.lower() == base.netloc.lower()
+            and not parts.username
+            and parts.path.startswith(prefix)
+            and ".." not in parts.path
+        )
+
+    def _redirect_allowed(self, url: httpx.URL) -> bool:
+        """Twilio keeps media on its own storage hosts (and S3); a redirect goes nowhere else."""
+        host = url.host.lower()
+        base = httpx.URL(self.base_url)
+        if url.scheme == base.scheme and host == base.host.lower() and url.port == base.port:
+            return True
+        return url.scheme == "https" and any(host == h or host.endswith("." + h) for h in MEDIA_HOSTS)
+
     async def download(self, url: str, *, max_bytes: int) -> tuple[bytes, str]:
         """A media file of a message (`MediaUrlN`): Twilio redirects it to storage; basic auth
-        is needed when the account protects its media."""
+        is needed when the account protects its media, and is sent to Twilio's API host only.
+        Redirects are followed (at most 3) to Twilio's media hosts only, without credentials."""
+        if not self.media_url_allowed(url):
+            raise TwilioError("media URL is not on this account's Twilio API host", retryable=False)
         try:
-            async with self._http.stream("GET", url, auth=self._auth, follow_redirects=True) as response:
+            response = await self._follow(url, max_bytes)
+        except httpx.HTTPError as exc:
+            raise TwilioError(f"media download failed: {exc!r}", retryable=True) from exc
+        return response
+
+    async def _follow(self, url: str, max_bytes: int) -> tuple[bytes, str]:
+        target = httpx.URL(url)
+        auth: httpx.BasicAuth | None = self._auth
+        for _hop in range(4):
+            async with self._http.stream("GET", target, auth=auth, follow_redirects=False) as response:
+                if response.is_redirect:
+                    location = response.headers.get("location", "")
+                    target = target.join(location)
+                    if not self._redirect_allowed(target):
+                        raise TwilioError(
+                            f"media redirected to a foreign host {target.host!r}", retryable=False
+                        )
+                    if target.host != httpx.URL(self.base_url).host:
+                        auth = None  # credentials go to the API host only
+                    continue
                 if not response.is_success:
                     raise TwilioError(
                         f"media download answered HTTP {response.status_code}",
@@ -104,8 +156,7 @@ class TwilioClient:
                     chunks.append(chunk)
                 mime = response.headers.get("content-type", "").split(";", 1)[0].strip()
                 return b"".join(chunks), mime
-        except httpx.HTTPError as exc:
-            raise TwilioError(f"media download failed: {exc!r}", retryable=True) from exc
+        raise TwilioError("media download redirected too many times", retryable=False)
 
     async def _post(self, resource: str, form: list[tuple[str, str]]) -> dict[str, Any]:
         try:

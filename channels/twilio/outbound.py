@@ -42,9 +42,8 @@ class TwilioOutbound:
 
     async def start(self, request: Request) -> JSONResponse:
         agent_id = request.path_params["agent"]
-        principal = await self.rt.auth.api_key(request.headers)
-        config = self.rt.directory.get(agent_id)
-        principal.check(agent_id)
+        principal = await self.rt.access.key(request)
+        config = self.rt.access.agent(principal, agent_id)
         body = await read_json(request, 65_536)
         raw_to = opt_str(body, "to", max_len=64) or ""
         whatsapp = raw_to.startswith(WHATSAPP_PREFIX)

@@ -536,11 +536,9 @@ class TwilioVoice:
             raise AgentError(f"Twilio refused the call update: {exc.message}", code="twilio_error") from None
 
     async def control_route(self, request: Request) -> JSONResponse:
-        principal = await self.rt.auth.api_key(request.headers)
+        principal = await self.rt.access.key(request)
         session_id, action = request.path_params["session_id"], request.path_params["action"]
-        session = await self.rt.store.session(session_id)
-        if session is None or not principal.can_see(session.agent_id):
-            raise NotFound("no such call", code="unknown_session")
+        await self.rt.access.session(principal, session_id)
         raw = await read_body(request, 65_536)
         body = await read_json(request, 65_536, body=raw) if raw.strip() else {}  # no body: no arguments
         return JSONResponse(await self.control(session_id, action, body))
@@ -548,13 +546,12 @@ class TwilioVoice:
     # ------------------------------------------------------------ outbound
 
     async def dial(self, request: Request) -> JSONResponse:
-        principal = await self.rt.auth.api_key(request.headers)
+        principal = await self.rt.access.key(request)
         body = await read_json(request, 65_536)
         agent_id = opt_str(body, "agent", max_len=64)
         if not agent_id:
             raise BadRequest("`agent` is required", code="missing_agent")
-        config = self.rt.directory.get(agent_id)
-        principal.check(agent_id)
+        config = self.rt.access.agent(principal, agent_id)
         to = opt_str(body, "to", max_len=32)
         if not to or not E164.match(to):
             raise BadRequest("`to` must be an E.164 number like +14155550123", code="invalid_to")

@@ -36,7 +36,7 @@ from channels.whatsapp.transcribe import TranscriptionError, transcribers_for
 from gateway.api.http import opt_str, read_body, read_json
 from gateway.codec import bounded
 from gateway.delivery import SendFailed, Template, TemplateSender, endpoint_address, provider_of
-from gateway.errors import BadRequest, ConfigError, Conflict, NotFound, Unauthorized
+from gateway.errors import BadRequest, ConfigError, Conflict, Unauthorized
 from gateway.events import ContactRef, Event, InboundMessage
 from gateway.limits import whatsapp_window_open
 from gateway.runtime import Runtime
@@ -481,10 +481,8 @@ class WhatsAppChannel:
     # ---------------------------------------------------------- templates
 
     async def send_template(self, request: Request) -> JSONResponse:
-        principal = await self.rt.auth.api_key(request.headers)
-        session = await self.rt.store.session(request.path_params["session_id"])
-        if session is None or not principal.can_see(session.agent_id):
-            raise NotFound("no such session", code="unknown_session")
+        principal = await self.rt.access.key(request)
+        session = await self.rt.access.session(principal, request.path_params["session_id"])
         # Whichever provider carries the session builds the template (Graph or Twilio Content).
         sender = self.rt.deliveries.get(provider_of(session) or "")
         if sender is None or not isinstance(sender, TemplateSender):
@@ -501,9 +499,8 @@ class WhatsAppChannel:
 
     async def start_conversation(self, request: Request) -> JSONResponse:
         agent_id = request.path_params["agent"]
-        principal = await self.rt.auth.api_key(request.headers)
-        agent = self.rt.directory.get(agent_id)
-        principal.check(agent_id)
+        principal = await self.rt.access.key(request)
+        agent = self.rt.access.agent(principal, agent_id)
         body = await read_json(request, 65_536)
         to = opt_str(body, "to", max_len=140)
         if not to:

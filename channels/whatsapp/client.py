@@ -182,6 +182,11 @@ def _preview(body: bytes) -> str:
 # -- the client -----------------------------------------------------------------------------
 
 
+MEDIA_ID = re.compile(r"^[0-9]{1,32}$")
+# Where Graph's media URLs point (lookaside.fbsbx.com today); the token goes nowhere else.
+META_MEDIA_HOSTS = ("facebook.com", "fbsbx.com", "fbcdn.net", "whatsapp.net")
+
+
 class GraphClient:
     """Calls `{base_url}/{version}/…` with the bearer token of one WhatsApp business account."""
 
@@ -220,7 +225,13 @@ class GraphClient:
         await self._post(f"{phone_number_id}/messages", read_payload(wamid, typing))
 
     async def media_info(self, media_id: str, phone_number_id: str | None = None) -> dict[str, Any]:
-        """`{url, mime_type, sha256, file_size, id}`; the url lives 5 minutes."""
+        """`{url, mime_type, sha256, file_size, id}`; the url lives 5 minutes.
+
+        A media id comes from a webhook: it must look like one (digits), so it can
+        never reach another Graph path with the bearer token.
+        """
+        if not MEDIA_ID.match(media_id):
+            raise PermanentGraphError(f"not a Graph media id: {media_id[:40]!r}", status=400, retryable=False)
         params = {"phone_number_id": phone_number_id} if phone_number_id else None
         response = await self._call(
             self._timeout,
@@ -228,8 +239,21 @@ class GraphClient:
         )
         return _json_object(response.content)
 
+    def media_host_allowed(self, url: str) -> bool:
+        """The bearer token goes to Graph's own host or Meta's media hosts, over https, only."""
+        try:
+            target, root = httpx.URL(url), httpx.URL(self._root)
+        except (httpx.InvalidURL, ValueError):
+            return False
+        if target.scheme == root.scheme and target.host == root.host and target.port == root.port:
+            return True
+        host = target.host.lower()
+        return target.scheme == "https" and any(host == h or host.endswith("." + h) for h in META_MEDIA_HOSTS)
+
     async def download(self, url: str, max_bytes: int | None = None) -> tuple[bytes, str]:
         """`(bytes, content type)` of a media URL. The bearer token is required here too."""
+        if not self.media_host_allowed(url):
+            raise PermanentGraphError("media URL is not on a Meta host", status=400, retryable=False)
         return await self._bounded(self._download_timeout, self._stream(url, max_bytes))
 
     async def download_media(
@@ -278,7 +302,7 @@ class GraphClient:
         return response
 
     async def _stream(self, url: str, max_bytes: int | None) -> tuple[bytes, str]:
-        async with self._http.stream("GET", url, headers=self._auth) as response:
+        async with self._http.stream("GET", url, headers=self._auth, follow_redirects=False) as response:
             if not response.is_success:
                 body = await response.aread()
                 raise graph_error(response.status_code, body, response.headers)

@@ -23,8 +23,9 @@ from gateway.agents.remote import ProcessHub, ProcessLink, ReplyItem
 from gateway.auth import Principal
 from gateway.bus.base import Subscription, SubscriptionClosed
 from gateway.codec import dumps
-from gateway.errors import GatewayError, Unauthorized
+from gateway.errors import GatewayError
 from gateway.events import Event
+from gateway.registration import Registrations
 from gateway.runtime import Runtime
 from gateway.settings import AgentConfig, describe_validation
 from gateway.store.sql import NewMessage
@@ -87,9 +88,12 @@ class AgentSocket:
         try:
             await ws.accept()
             try:
-                principal = await self.rt.auth.api_key(ws.headers)
-            except Unauthorized as exc:
-                await ws.close(4401, exc.message)
+                principal = await self.rt.access.key(ws)
+            except GatewayError as exc:
+                await ws.close(4000 + exc.status, exc.message[:120])
+                return
+            if principal.read_only:
+                await ws.close(4403, "read-only keys cannot serve agents")
                 return
             await AgentConnection(ws, self.rt, self.hub, principal).run()
         except WebSocketDisconnect:
@@ -106,6 +110,7 @@ class AgentConnection:
         self.principal = principal
         self._send_lock = asyncio.Lock()
         self.link = ProcessLink(self.send, principal.name)
+        self.registrations = Registrations(rt.settings.server, rt.directory, rt.access)
         # agent id → None while its replay runs (live events are buffered), else its high-water seq
         self.agents: dict[str, int | None] = {}
         self._buffered: dict[str, list[tuple[int, bytes]]] = {}
@@ -210,7 +215,9 @@ class AgentConnection:
                     "invalid_frame", f"`text` must be a non-empty string of at most {limit} characters"
                 )
             author = frame.get("author") if isinstance(frame.get("author"), str) else self.link.name
-            message_id = await self.rt.service.send_human(session_id, text, author=str(author)[:128])
+            message_id = await self.rt.service.send_human(
+                session_id, text, author=str(author)[:128], by=self.principal.name
+            )
             out = {"event": "session.sent", "session_id": session_id, "message_id": message_id}
             await self.send({**out, **({"request_id": request_id} if request_id is not None else {})})
         elif isinstance(kind, str) and kind.startswith("session."):
@@ -226,7 +233,6 @@ class AgentConnection:
         agent_id = _str(frame, "agent_id", max_len=64)
         if not set(agent_id) <= _SLUG:
             raise FrameError("invalid_agent_id", "agent ids are letters, digits, '-' and '_'")
-        self.principal.check(agent_id)
         raw = frame.get("config", {})
         if not isinstance(raw, dict):
             raise FrameError("invalid_config", "`config` must be an object")
@@ -243,11 +249,15 @@ class AgentConnection:
             not isinstance(last_seq, int) or isinstance(last_seq, bool) or last_seq < 0
         ):
             raise FrameError("invalid_frame", "`last_seq` must be a non-negative integer")
+        config = await self.registrations.check(self.principal, agent_id, config)
         first = agent_id not in self.agents
         self.agents[agent_id] = None  # live events for it are buffered until the replay is sent
         self._buffered.setdefault(agent_id, [])
-        self.rt.directory.put(agent_id, config, origin="process")
-        await self.rt.store.sync_agents({agent_id: config.model_dump(mode="json")}, origin="process")
+        if agent_id in self.rt.directory and self.rt.directory.origin(agent_id) == "config":
+            self.rt.directory.put(agent_id, config, origin="config")  # served, never redefined
+        else:
+            self.rt.directory.put(agent_id, config, origin="process")
+            await self.rt.store.sync_agents({agent_id: config.model_dump(mode="json")}, origin="process")
         if first:
             await self.rt.store.append_events(
                 [Event(type=EventType.AGENT_CONNECTED, agent=agent_id, data={"process": self.link.name})]
@@ -302,7 +312,7 @@ class AgentConnection:
 
     async def _own(self, session_id: str) -> None:
         session = await self.rt.store.session(session_id)
-        if session is None:
+        if session is None or not self.rt.access.sees_session(self.principal, session):
             raise FrameError("unknown_session", f"no session {session_id!r}")
         if session.agent_id not in self.agents:
             raise FrameError(
@@ -321,7 +331,9 @@ class AgentConnection:
             raise FrameError("invalid_frame", "`session_id` must be a string")
         if contact is not None and not isinstance(contact, str):
             raise FrameError("invalid_frame", "`contact` must be a string")
-        changed = await self.rt.service.set_paused(agent_id, paused, session_id=session_id, contact=contact)
+        changed = await self.rt.service.set_paused(
+            agent_id, paused, session_id=session_id, contact=contact, by=self.principal.name
+        )
         out: dict[str, Any] = {
             "event": "session.paused" if paused else "session.resumed",
             "agent_id": agent_id,
@@ -339,7 +351,7 @@ class AgentConnection:
         service, store = self.rt.service, self.rt.store
         session_id = _str(frame, "session_id", max_len=64)
         session = await store.session(session_id)
-        if session is None:
+        if session is None or not self.rt.access.sees_session(self.principal, session):
             raise FrameError("unknown_session", f"no session {session_id!r}")
         if session.agent_id not in self.agents:
             raise FrameError(
@@ -394,7 +406,7 @@ class AgentConnection:
             reason = frame.get("reason") or "closed"
             if not isinstance(reason, str) or len(reason) > 32:
                 raise FrameError("invalid_frame", "`reason` must be a short string")
-            await service.end_session(session_id, reason)
+            await service.end_session(session_id, reason, {"by": self.principal.name})
         else:
             raise FrameError("unknown_event", f"unknown event {kind[:64]!r}")
         await self._ok(request_id)

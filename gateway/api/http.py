@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.errors import BadRequest, GatewayError, PayloadTooLarge
+from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, RateLimited
 
 log = logging.getLogger("gateway.api")
 
@@ -81,7 +81,10 @@ def opt_dict(obj: dict[str, Any], key: str) -> dict[str, Any]:
 async def on_gateway_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
     status = exc.status if 400 <= exc.status < 600 else 500
-    return error(status, exc.code, exc.message)
+    response = error(status, exc.code, exc.message)
+    if isinstance(exc, RateLimited):
+        response.headers["retry-after"] = str(exc.retry_after)
+    return response
 
 
 async def on_http_error(_request: Request, exc: Exception) -> Response:

@@ -39,9 +39,8 @@ class MessageRoutes:
     async def post(self, request: Request) -> Response:
         rt = self.rt
         agent = request.path_params["agent"]
-        principal = await rt.auth.api_key(request.headers)
-        config = rt.directory.get(agent)
-        principal.check(agent)
+        principal = await rt.access.key(request)
+        config = rt.access.agent(principal, agent)
         body = await read_json(request, rt.settings.server.max_body_bytes)
         text = check_text(body.get("text"), config.limits.max_text_chars)
         session_id = opt_str(body, "sessionId", max_len=64)

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from gateway.errors import BadRequest, NotFound
+from gateway.errors import BadRequest
 from gateway.runtime import Runtime
 
 
@@ -31,19 +31,16 @@ class PricingRoutes:
         ]
 
     async def session(self, request: Request) -> JSONResponse:
-        principal = await self.rt.auth.api_key(request.headers)
+        principal = await self.rt.access.key(request)
         sid = request.path_params["session_id"]
-        found = await self.rt.store.session(sid)
-        if found is None or not principal.can_see(found.agent_id):
-            raise NotFound(f"no session {sid!r}", code="unknown_session")
+        found = await self.rt.access.session(principal, sid)
         summary = await self.rt.store.pricing.summary(session_id=sid)
         return JSONResponse({"sessionId": sid, "agent": found.agent_id, **summary})
 
     async def agent(self, request: Request) -> JSONResponse:
-        principal = await self.rt.auth.api_key(request.headers)
+        principal = await self.rt.access.key(request)
         agent_id = request.path_params["agent"]
-        self.rt.directory.get(agent_id)
-        principal.check(agent_id)
+        self.rt.access.agent(principal, agent_id)
         since, until = _int(request, "since"), _int(request, "until")
         summary = await self.rt.store.pricing.summary(agent_id=agent_id, since=since, until=until)
         return JSONResponse({"agent": agent_id, "since": since, "until": until, **summary})

@@ -10,8 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from gateway.auth import Principal
-from gateway.errors import BadRequest, NotFound
+from gateway.errors import BadRequest
 from gateway.runtime import Runtime
 from gateway.store.records import MessageRecord, SessionRecord
 from gateway.store.sql import SessionQuery
@@ -116,14 +115,8 @@ class SessionRoutes:
             Route("/v1/sessions/{session_id}", self.delete, methods=["DELETE"]),
         ]
 
-    async def _visible(self, principal: Principal, session_id: str) -> SessionRecord:
-        session = await self.rt.store.session(session_id)
-        if session is None or not principal.can_see(session.agent_id):
-            raise NotFound(f"no session {session_id!r}", code="unknown_session")
-        return session
-
     async def list(self, request: Request) -> JSONResponse:
-        principal = await self.rt.auth.api_key(request.headers)
+        principal = await self.rt.access.key(request)
         q = request.query_params
         limit = _int(q, "limit", 50)
         if limit is None or not 1 <= limit <= MAX_LIMIT:
@@ -132,10 +125,9 @@ class SessionRoutes:
         status = q.get("status")
         if status not in (None, "active", "ended"):
             raise BadRequest("`status` must be active or ended", code="invalid_query")
-        visible = frozenset(a for a in self.rt.directory.ids() if principal.can_see(a))
         query = SessionQuery(
             agent=q.get("agent") or None,
-            agents=None if principal.agent is None and principal.tenant is None else visible,
+            agents=self.rt.access.visible(principal),
             contact=q.get("contact") or None,
             channel=q.get("channel") or None,
             status=status,
@@ -159,8 +151,8 @@ class SessionRoutes:
         return JSONResponse({"sessions": sessions, "nextCursor": next_cursor})
 
     async def get(self, request: Request) -> JSONResponse:
-        principal = await self.rt.auth.api_key(request.headers)
-        session = await self._visible(principal, request.path_params["session_id"])
+        principal = await self.rt.access.key(request)
+        session = await self.rt.access.session(principal, request.path_params["session_id"])
         messages = await self.rt.store.messages(session.id)
         out = session_json(session)
         contact = session.contact.address if session.contact else None
@@ -176,9 +168,9 @@ class SessionRoutes:
         return JSONResponse(out)
 
     async def delete(self, request: Request) -> JSONResponse:
-        principal = await self.rt.auth.api_key(request.headers)
-        session = await self._visible(principal, request.path_params["session_id"])
-        erased = await self.rt.service.erase_session(session.id)
+        principal = await self.rt.access.key(request)
+        session = await self.rt.access.session(principal, request.path_params["session_id"])
+        erased = await self.rt.service.erase_session(session.id, by=principal.name)
         return JSONResponse(
             {"sessionId": erased.id, "status": erased.status, "reason": erased.end_reason, "erased": True}
         )

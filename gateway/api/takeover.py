@@ -10,7 +10,6 @@ from starlette.routing import BaseRoute, Route
 from gateway.api.http import opt_str, read_body, read_json
 from gateway.api.sessions import session_json
 from gateway.conversations import check_text
-from gateway.errors import NotFound
 from gateway.runtime import Runtime
 from gateway.store.records import SessionRecord
 from gateway.store.sql import SessionQuery
@@ -31,20 +30,18 @@ class TakeoverRoutes:
         ]
 
     async def _session(self, request: Request) -> tuple[SessionRecord, str]:
-        principal = await self.rt.auth.api_key(request.headers)
-        session = await self.rt.store.session(request.path_params["session_id"])
-        if session is None or not principal.can_see(session.agent_id):
-            raise NotFound(f"no session {request.path_params['session_id']!r}", code="unknown_session")
+        principal = await self.rt.access.key(request)
+        session = await self.rt.access.session(principal, request.path_params["session_id"])
         return session, principal.name
 
     async def pause_session(self, request: Request) -> JSONResponse:
-        session, _ = await self._session(request)
-        await self.rt.service.set_paused(session.agent_id, True, session_id=session.id)
+        session, who = await self._session(request)
+        await self.rt.service.set_paused(session.agent_id, True, session_id=session.id, by=who)
         return JSONResponse({"sessionId": session.id, "paused": True})
 
     async def resume_session(self, request: Request) -> JSONResponse:
-        session, _ = await self._session(request)
-        await self.rt.service.set_paused(session.agent_id, False, session_id=session.id)
+        session, who = await self._session(request)
+        await self.rt.service.set_paused(session.agent_id, False, session_id=session.id, by=who)
         return JSONResponse({"sessionId": session.id, "paused": False})
 
     async def send(self, request: Request) -> JSONResponse:
@@ -53,21 +50,20 @@ class TakeoverRoutes:
         config = self.rt.directory.get(session.agent_id)
         text = check_text(body.get("text"), config.limits.max_text_chars)
         author = opt_str(body, "author", max_len=128) or who
-        message_id = await self.rt.service.send_human(session.id, text, author=author)
+        message_id = await self.rt.service.send_human(session.id, text, author=author, by=who)
         return JSONResponse(
             {"sessionId": session.id, "messageId": message_id, "source": "human", "author": author},
             status_code=201,
         )
 
     async def _agent(self, request: Request, paused: bool) -> JSONResponse:
-        principal = await self.rt.auth.api_key(request.headers)
+        principal = await self.rt.access.key(request)
         agent = request.path_params["agent"]
-        self.rt.directory.get(agent)
-        principal.check(agent)
+        self.rt.access.agent(principal, agent)
         raw = await read_body(request, 16_384)  # an empty body (no contact) means the whole agent
         body = await read_json(request, 16_384, body=raw) if raw.strip() else {}
         contact = opt_str(body, "contact", max_len=128)
-        changed = await self.rt.service.set_paused(agent, paused, contact=contact)
+        changed = await self.rt.service.set_paused(agent, paused, contact=contact, by=principal.name)
         out: dict[str, object] = {"agent": agent, "paused": paused, "sessions": changed}
         if contact is not None:
             out["contact"] = contact
@@ -80,8 +76,8 @@ class TakeoverRoutes:
         return await self._agent(request, False)
 
     async def contact_sessions(self, request: Request) -> JSONResponse:
-        principal = await self.rt.auth.api_key(request.headers)
-        visible = frozenset(a for a in self.rt.directory.ids() if principal.can_see(a))
+        principal = await self.rt.access.key(request)
+        visible = self.rt.access.visible(principal)
         rows = await self.rt.store.sessions(
             SessionQuery(contact=request.path_params["contact"], limit=200, agents=visible)
         )

@@ -8,7 +8,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.api.http import opt_dict, opt_str, read_json
 from gateway.auth import TOKEN_CHANNELS, origin_allowed
-from gateway.errors import BadRequest, Forbidden, NotFound
+from gateway.errors import BadRequest, Forbidden, NotFound, RateLimited
 from gateway.runtime import Runtime
 
 
@@ -30,11 +30,16 @@ class TokenRoutes:
             raise BadRequest("`agent` is required", code="missing_agent")
         metadata = opt_dict(body, "metadata")
         session_id = opt_str(body, "sessionId", max_len=64)
-        config = rt.directory.get(agent)
         if "authorization" in request.headers:
-            principal = await rt.auth.api_key(request.headers)
-            principal.check(agent)
+            # A chat token lets a browser talk (a write); a stream token only reads.
+            principal = await rt.access.key(request, write=channel == "chat")
+            config = rt.access.agent(principal, agent)
+            if session_id is not None:
+                session = await rt.access.session(principal, session_id)
+                if session.agent_id != agent:
+                    raise NotFound(f"no session {session_id!r}", code="unknown_session")
         else:
+            config = rt.directory.get(agent)
             origin = request.headers.get("origin")
             if not origin:
                 raise Forbidden(
@@ -45,10 +50,22 @@ class TokenRoutes:
                 raise Forbidden(
                     f"origin {origin!r} is not in the allowed origins of {agent!r}", code="origin_not_allowed"
                 )
-        if session_id is not None:
-            session = await rt.store.session(session_id)
-            if session is None or session.agent_id != agent:
-                raise NotFound(f"no session {session_id!r} for agent {agent!r}", code="unknown_session")
+            # Anyone can send any Origin header: the rate bounds what a script can mint.
+            wait = rt.origin_mints.take(origin.rstrip("/").lower())
+            if wait is not None:
+                raise RateLimited(f"too many tokens minted for origin {origin!r}", retry_after=wait)
+            # A page opens only its own conversation: a chat, or the feed of one chat session
+            # it holds the id of. A feed of a whole agent needs an API key.
+            if channel == "stream" and session_id is None:
+                raise Forbidden(
+                    "a stream token minted through an allowed origin is for one session: send "
+                    "`sessionId` (the feed of a whole agent needs an API key)",
+                    code="session_required",
+                )
+            if session_id is not None:
+                found = await rt.store.session(session_id)
+                if found is None or found.agent_id != agent or found.channel != "chat":
+                    raise NotFound(f"no session {session_id!r}", code="unknown_session")
         token = await rt.auth.mint(channel=channel, agent=agent, metadata=metadata, session_id=session_id)
         server = (rt.settings.server.public_url or str(request.base_url)).rstrip("/")
         headers = {}

@@ -126,10 +126,17 @@
   }
 
   function setSession(id) {
+    const changed = id !== chat.sessionId;
     chat.sessionId = id;
     if (id) sessionStorage.setItem(SESSION_KEY, id);
     else sessionStorage.removeItem(SESSION_KEY);
     sessionLabel.textContent = id || "—";
+    // The feed follows this page's own conversation (an origin-minted stream token opens one session).
+    if (id && (changed || (!feed.es && feed.sessionId !== id))) {
+      if (feed.es) { feed.es.close(); feed.es = null; }
+      if (feed.sessionId !== id) feed.lastSeq = null;
+      connectFeed();
+    }
   }
 
   function setConnected(open) {
@@ -298,6 +305,7 @@
   const feedStatus = document.querySelector("[data-testid=feed-status]");
   const feed = {
     es: null,
+    sessionId: null, // the conversation the feed shows (its stream token is for that session)
     lastSeq: null, // the resume point: `&lastEventId=` on the next connection
     attempt: 0,
     generation: 0,
@@ -389,9 +397,15 @@
     clearTimeout(feed.retryTimer);
     const gen = ++feed.generation;
     setStatus(feedStatus, feed.attempt ? "reconnecting" : "connecting", feed.attempt ? "reconnecting…" : "connecting…");
+    const sessionId = chat.sessionId;
+    if (!sessionId) {
+      setStatus(feedStatus, "connecting", "waiting for the conversation…");
+      return;
+    }
+    feed.sessionId = sessionId;
     let token;
     try {
-      token = await mint("stream");
+      token = await mint("stream", sessionId);
     } catch (err) {
       if (gen !== feed.generation) return;
       setStatus(feedStatus, "error", `token: ${err.message}`);
@@ -424,7 +438,7 @@
       if (feed.es !== es) return;
       let d = {};
       try { d = JSON.parse(e.data); } catch { /* ignore */ }
-      addMarker(`resumed · caught up at #${d.seq ?? feed.lastSeq}`);
+      if (resuming) addMarker(`resumed · caught up at #${d.seq ?? feed.lastSeq}`);
     });
   }
 

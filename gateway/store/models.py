@@ -47,6 +47,9 @@ class AgentRow(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     origin: Mapped[str] = mapped_column(String(16))  # "config" | "process"
+    # The owning tenant (None: the operator). Fixed once the agent exists: everything of
+    # the agent (contacts, sessions, messages, events) belongs to this tenant.
+    tenant: Mapped[str | None] = mapped_column(String(64), index=True)
     config: Mapped[dict[str, Any]]
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
     # Contact-level takeover: addresses paused with this agent, including contacts not seen yet.
@@ -63,8 +66,12 @@ class ApiKeyRow(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     tenant: Mapped[str | None] = mapped_column(String(64))
+    agents: Mapped[list[Any] | None] = mapped_column(JSON)  # narrowed to these agent ids
+    read_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     created_at: Mapped[int]
     revoked_at: Mapped[int | None]
+    last_used_at: Mapped[int | None]
 
 
 class BrowserTokenRow(Base):
@@ -82,10 +89,14 @@ class BrowserTokenRow(Base):
 
 
 class ContactRow(Base):
+    """A person on a channel, as one tenant knows them: tenants never share a contact row
+    (a name given through one tenant's API is never shown to another)."""
+
     __tablename__ = "contacts"
-    __table_args__ = (UniqueConstraint("channel", "address"),)
+    __table_args__ = (UniqueConstraint("tenant", "channel", "address"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), default="", server_default="")  # "": the operator
     channel: Mapped[str] = mapped_column(String(16))
     address: Mapped[str] = mapped_column(String(128))
     name: Mapped[str | None] = mapped_column(String(256))

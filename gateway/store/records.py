@@ -68,6 +68,10 @@ class ApiKeyRecord:
     tenant: str | None
     created_at: int
     revoked_at: int | None
+    agents: list[str] | None = None
+    read_only: bool = False
+    admin: bool = False
+    last_used_at: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

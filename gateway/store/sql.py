@@ -194,19 +194,21 @@ class Store:
             existing = {r.id: r for r in (await s.scalars(select(AgentRow))).all()}
             for agent_id, config in configs.items():
                 row = existing.get(agent_id)
+                tenant = config.get("tenant")
                 if row is None:
                     s.add(
                         AgentRow(
                             id=agent_id,
                             origin=origin,
+                            tenant=tenant,
                             config=config,
                             paused=False,
                             created_at=now,
                             updated_at=now,
                         )
                     )
-                elif row.config != config or row.origin != origin:
-                    row.config, row.origin, row.updated_at = config, origin, now
+                elif row.config != config or row.origin != origin or row.tenant != tenant:
+                    row.config, row.origin, row.tenant, row.updated_at = config, origin, tenant, now
 
     async def agent_rows(self) -> dict[str, tuple[str, dict[str, Any], bool]]:
         async with self._read() as s:
@@ -215,15 +217,29 @@ class Store:
 
     # ---------------------------------------------------------------- API keys
 
-    async def add_api_key(self, *, name: str, prefix: str, sha256: str, tenant: str | None) -> ApiKeyRecord:
+    async def add_api_key(
+        self,
+        *,
+        name: str,
+        prefix: str,
+        sha256: str,
+        tenant: str | None,
+        agents: list[str] | None = None,
+        read_only: bool = False,
+        admin: bool = False,
+    ) -> ApiKeyRecord:
         row = ApiKeyRow(
             id=ids.key_id(),
             name=name,
             prefix=prefix,
             sha256=sha256,
             tenant=tenant,
+            agents=agents,
+            read_only=read_only,
+            admin=admin,
             created_at=now_ms(),
             revoked_at=None,
+            last_used_at=None,
         )
         async with self._write() as s:
             s.add(row)
@@ -237,6 +253,11 @@ class Store:
     async def api_keys(self) -> list[ApiKeyRecord]:
         async with self._read() as s:
             return [_key(r) for r in (await s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at)))]
+
+    async def touch_api_key(self, key_id: str, at: int) -> None:
+        """Record a key's last use (callers throttle this to about once a minute)."""
+        async with self._write() as s:
+            await s.execute(update(ApiKeyRow).where(ApiKeyRow.id == key_id).values(last_used_at=at))
 
     async def revoke_api_key(self, key: str) -> bool:
         async with self._write() as s:
@@ -291,15 +312,20 @@ class Store:
 
     # -------------------------------------------------------- sessions, ingest
 
-    async def _contact(self, s: AsyncSession, ref: ContactRef) -> ContactRow:
+    async def _contact(self, s: AsyncSession, ref: ContactRef, agent_id: str) -> ContactRow:
+        """The agent's tenant's contact for `ref` (each tenant has its own contact rows)."""
+        tenant = await _tenant_of(s, agent_id)
         row = await s.scalar(
             select(ContactRow).where(
-                ContactRow.channel == str(ref.channel), ContactRow.address == ref.address
+                ContactRow.tenant == tenant,
+                ContactRow.channel == str(ref.channel),
+                ContactRow.address == ref.address,
             )
         )
         if row is None:
             row = ContactRow(
                 id=ids.contact_id(),
+                tenant=tenant,
                 channel=str(ref.channel),
                 address=ref.address,
                 name=ref.name,
@@ -372,7 +398,7 @@ class Store:
     ) -> tuple[SessionRecord, list[Event]]:
         now = now_ms()
         async with self._write() as s:
-            crow = await self._contact(s, contact) if contact else None
+            crow = await self._contact(s, contact, agent_id) if contact else None
             row, started = await self._new_session(
                 s,
                 agent_id=agent_id,
@@ -468,7 +494,7 @@ class Store:
                 return Ingested(
                     session=_session(srow, await _contact_of(s, srow)), message=None, duplicate=True
                 )
-        crow = await self._contact(s, contact) if contact else None
+        crow = await self._contact(s, contact, agent_id) if contact else None
         events: list[Event] = []
         started = False
         srow_opt: SessionRow | None = None
@@ -937,7 +963,10 @@ class Store:
             elif contact is not None:
                 rows = (
                     await s.scalars(
-                        select(ContactRow).where(or_(ContactRow.id == contact, ContactRow.address == contact))
+                        select(ContactRow).where(
+                            ContactRow.tenant == await _tenant_of(s, agent_id),
+                            or_(ContactRow.id == contact, ContactRow.address == contact),
+                        )
                     )
                 ).all()
                 addresses = {c.address for c in rows} or {contact}
@@ -992,18 +1021,23 @@ class Store:
     async def rekey_contact(self, *, channel: str, old: str, new: str) -> bool:
         """A user changed number: the contact keeps its history under the new address."""
         async with self._write() as s:
-            row = await s.scalar(
-                select(ContactRow).where(ContactRow.channel == channel, ContactRow.address == old)
-            )
-            if row is None:
-                return False
-            clash = await s.scalar(
-                select(ContactRow).where(ContactRow.channel == channel, ContactRow.address == new)
-            )
-            if clash is not None:
-                return False
-            row.address = new
-            return True
+            rows = (
+                await s.scalars(
+                    select(ContactRow).where(ContactRow.channel == channel, ContactRow.address == old)
+                )
+            ).all()
+            moved = False
+            for row in rows:  # one row per tenant that knows the contact
+                clash = await s.scalar(
+                    select(ContactRow).where(
+                        ContactRow.tenant == row.tenant,
+                        ContactRow.channel == channel,
+                        ContactRow.address == new,
+                    )
+                )
+                if clash is None:
+                    row.address, moved = new, True
+            return moved
 
     async def update_session(self, session_id: str, **values: Any) -> SessionRecord | None:
         allowed = {"context", "prompt_vars", "prompt", "meta", "paused", "endpoint"}
@@ -1059,7 +1093,9 @@ class Store:
             events = await self._append(s, [*before, ev])
             return _session(row, await _contact_of(s, row)), events
 
-    async def erase_session(self, session_id: str) -> tuple[SessionRecord | None, list[Event]]:
+    async def erase_session(
+        self, session_id: str, *, by: str | None = None
+    ) -> tuple[SessionRecord | None, list[Event]]:
         """Erase a session's content (messages, events, context) and leave a tombstone."""
         now = now_ms()
         async with self._write() as s:
@@ -1072,7 +1108,7 @@ class Store:
             row.status, row.end_reason = SessionStatus.ENDED, "erased"
             row.ended_at = row.ended_at or now
             row.context, row.prompt_vars, row.prompt = {}, {}, None
-            row.meta = {"erased": True, "erasedAt": now}
+            row.meta = {"erased": True, "erasedAt": now, **({"erasedBy": by} if by else {})}
             ev = Event(
                 type=EventType.SESSION_ENDED,
                 agent=row.agent_id,
@@ -1084,6 +1120,7 @@ class Store:
                     "duration": round((now - row.started_at) / 1000, 3),
                     "messageCount": 0,
                     "wasActive": was_active,
+                    **({"by": by} if by else {}),
                 },
             )
             events = await self._append(s, [ev])
@@ -1095,6 +1132,12 @@ def _paused_for(agent: AgentRow | None, contact: ContactRow | None) -> bool:
     if agent is None:
         return False
     return agent.paused or bool(contact is not None and contact.address in (agent.paused_contacts or []))
+
+
+async def _tenant_of(s: AsyncSession, agent_id: str) -> str:
+    """The tenant an agent's contacts are filed under ("" for the operator's agents)."""
+    agent = await s.get(AgentRow, agent_id)  # the identity map makes repeats free
+    return (agent.tenant if agent is not None else None) or ""
 
 
 async def _contact_of(s: AsyncSession, row: SessionRow) -> ContactRow | None:
@@ -1121,6 +1164,10 @@ def _key(r: ApiKeyRow) -> ApiKeyRecord:
         tenant=r.tenant,
         created_at=r.created_at,
         revoked_at=r.revoked_at,
+        agents=None if r.agents is None else [str(a) for a in r.agents],
+        read_only=bool(r.read_only),
+        admin=bool(r.admin),
+        last_used_at=r.last_used_at,
     )
 
 

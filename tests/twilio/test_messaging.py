@@ -763,9 +763,8 @@ async def test_whatsapp_voice_notes_via_twilio_are_transcribed(sqlite_url: str, 
         agent = {"transcriber": {"base_url": stt.url, "model": "whisper-1"}}
         async with gateway(sqlite_url, **agent) as (g, fake):
             # Twilio's media URL redirects to storage; the download carries the account's basic auth.
-            fake.route(
-                "/media/ME1", lambda r: Reply(status=307, headers={"location": f"{fake.base_url}/blob/ME1"})
-            )
+            media = f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/MM{'m' * 32}/Media/ME1"
+            fake.route(media, lambda r: Reply(status=307, headers={"location": f"{fake.base_url}/blob/ME1"}))
             fake.route(
                 "/blob/ME1", lambda r: Reply(headers={"content-type": "audio/ogg"}, pieces=[b"OggS-voice"])
             )
@@ -775,7 +774,7 @@ async def test_whatsapp_voice_notes_via_twilio_are_transcribed(sqlite_url: str, 
                 from_=WA_CALLER,
                 to=WA_NUMBER,
                 NumMedia="1",
-                MediaUrl0=f"{fake.base_url}/media/ME1",
+                MediaUrl0=f"{fake.base_url}{media}",
                 MediaContentType0="audio/ogg",
                 WaId=CALLER.lstrip("+"),
             )
@@ -794,6 +793,6 @@ async def test_whatsapp_voice_notes_via_twilio_are_transcribed(sqlite_url: str, 
                 assert one(fake.messages[0], "Body") == "[audio] where is my parcel"
             user = (await g.runtime.store.messages(session.id))[0]
             assert user.text == "[audio] where is my parcel" and user.meta and user.meta["transcribed"]
-            fetch = next(r for r in fake.requests if r.path == "/media/ME1")
+            fetch = next(r for r in fake.requests if r.path == media)
             assert fetch.headers["authorization"].startswith("Basic ")
     assert b"OggS-voice" in heard[0].body

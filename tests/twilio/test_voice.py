@@ -563,7 +563,14 @@ async def test_python_client_screens_calls_and_transfers_from_a_tool(sqlite_url:
         numbers = [{**n, "ringing": True} for n in settings.agents["support"].model_dump()["twilio"]]
         agents = {
             **{k: v.model_dump() for k, v in settings.agents.items()},
-            "support": {**settings.agents["support"].model_dump(), "twilio": numbers},
+            # gateway.toml defines how `support` answers; the process serves its tool and
+            # screens its calls (a process never redefines a gateway.toml agent).
+            "support": {
+                **settings.agents["support"].model_dump(),
+                "twilio": numbers,
+                "answer": "llm",
+                "llm": {"base_url": llm.url, "model": "m"},
+            },
         }
         settings = type(settings).from_dict({"server": settings.server.model_dump(), "agents": agents})
         async with run_gateway(settings, env=ENV) as g:
@@ -683,7 +690,13 @@ async def test_the_phone_agent_example(sqlite_url: str) -> None:
     example = load_example("phone_agent")
     async with FakeTwilio(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN) as fake:
         numbers = [{"number": SMS_NUMBER, "api_base_url": fake.base_url}]  # the process turns screening on
-        agents = {"receptionist": {"answer": "process", "twilio": numbers}}
+        agents = {
+            "receptionist": {
+                "answer": "process",
+                "greeting": "Thanks for calling Acme. How can I help?",
+                "twilio": numbers,
+            }
+        }
         async with run_gateway(make_settings(sqlite_url, agents=agents), env=ENV) as g:
             gw = Gateway(g.url, api_key=ADMIN, reconnect_initial=0.05, reconnect_max=0.2, request_timeout=5.0)
             example.build(gw, blocked=frozenset({"+15550009999"}))

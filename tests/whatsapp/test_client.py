@@ -257,39 +257,39 @@ async def test_media_download_uses_the_bearer_token(graph: FakeGraph, http: http
 
 
 async def test_media_download_without_token_is_refused(graph: FakeGraph, http: httpx.AsyncClient) -> None:
-    graph.add_media("m1", b"x", "image/jpeg")
-    response = await http.get(graph.media_url("m1"))
+    graph.add_media("1001", b"x", "image/jpeg")
+    response = await http.get(graph.media_url("1001"))
     assert response.status_code == 401
     with pytest.raises(TokenExpired):
-        await client_for(graph, http, token="wrong").download(graph.media_url("m1"))
+        await client_for(graph, http, token="wrong").download(graph.media_url("1001"))
 
 
 async def test_expired_media_url_is_refetched_once(graph: FakeGraph, http: httpx.AsyncClient) -> None:
-    graph.add_media("m2", b"image-bytes", "image/png")
+    graph.add_media("1002", b"image-bytes", "image/png")
     graph.fail_next(1, 404, None, "URL expired", on="/media/")
-    assert await client_for(graph, http).download_media("m2", PNID) == (b"image-bytes", "image/png")
+    assert await client_for(graph, http).download_media("1002", PNID) == (b"image-bytes", "image/png")
     paths = [r.path.split("?")[0] for r in graph.requests]
-    assert paths == [f"/{graph.version}/m2", "/media/m2", f"/{graph.version}/m2", "/media/m2"]
+    assert paths == [f"/{graph.version}/1002", "/media/1002", f"/{graph.version}/1002", "/media/1002"]
     graph.fail_next(2, 404, None, "URL expired", on="/media/")
     with pytest.raises(PermanentGraphError) as info:
-        await client_for(graph, http).download_media("m2", PNID)
+        await client_for(graph, http).download_media("1002", PNID)
     assert info.value.status == 404
 
 
 async def test_unknown_media_id(graph: FakeGraph, http: httpx.AsyncClient) -> None:
     with pytest.raises(PermanentGraphError) as info:
-        await client_for(graph, http).download_media("nope", PNID)
+        await client_for(graph, http).download_media("999999", PNID)
     assert info.value.code == 100 and info.value.status == 404
 
 
 async def test_media_size_limit(graph: FakeGraph, http: httpx.AsyncClient) -> None:
-    graph.add_media("big", b"x" * 5000, "video/mp4")
+    graph.add_media("1003", b"x" * 5000, "video/mp4")
     client = client_for(graph, http)
     with pytest.raises(MediaTooLarge):
-        await client.download_media("big", PNID, max_bytes=4999)
-    assert [r.path.split("?")[0] for r in graph.requests] == [f"/{graph.version}/big"]  # never downloaded
+        await client.download_media("1003", PNID, max_bytes=4999)
+    assert [r.path.split("?")[0] for r in graph.requests] == [f"/{graph.version}/1003"]  # never downloaded
     with pytest.raises(MediaTooLarge):
-        await client.download(graph.media_url("big"), max_bytes=100)
+        await client.download(graph.media_url("1003"), max_bytes=100)
 
 
 async def test_concurrent_sends_get_distinct_wamids(graph: FakeGraph, http: httpx.AsyncClient) -> None:
