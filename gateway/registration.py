@@ -57,8 +57,11 @@ class Registrations:
                 )
             tenant = principal.tenant
             self._check_kinds(config)
-        elif existing is not None and tenant != existing.tenant:
-            raise Forbidden(f"agent {agent_id!r} belongs to tenant {existing.tenant!r}", code="tenant")
+        elif existing is not None:
+            if tenant is None:
+                tenant = existing.tenant  # an agent's tenant is fixed once it exists
+            elif tenant != existing.tenant:
+                raise Forbidden(f"agent {agent_id!r} belongs to tenant {existing.tenant!r}", code="tenant")
         for what, url in _urls(config):
             await check_url(url, allow_private=self._server.allow_private_urls, what=what)
         return config.model_copy(update={"tenant": tenant})
