@@ -1,4 +1,4 @@
-"""`python -m bench [--only chat,sse,memory,llm,webhook,relay] [--quick] [--repeat N]`: run, print, save.
+"""`python -m bench [--only chat,sse,sse-tenants,memory,llm,webhook,relay] [--quick] [--repeat N]`.
 
 Every benchmark measures the gateway and a baseline in the same run, each server in
 its own process (`bench.serve_gateway`, `bench.serve_bare`, and the fake upstreams
@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import chat, llm, memory, relay, sse, webhook
+from bench import chat, llm, memory, relay, sse, sse_tenants, webhook
 from bench.common import Profiling, Quiet, raise_nofile, run_async
 from bench.report import Row, table
 
-BENCHES = ("chat", "sse", "memory", "llm", "webhook", "relay")
+BENCHES = ("chat", "sse", "sse-tenants", "memory", "llm", "webhook", "relay")
 BUSY_WARNING_CORES = 0.25
 
 
@@ -109,6 +109,9 @@ def params_for(args: argparse.Namespace) -> dict[str, Any]:
             warmup_s=0.5,
         )
         r = relay.RelayParams(calls=2, prompts=10, conc_prompts=3, direct_turns=200, direct_warmup=20)
+        st = sse_tenants.TenantSseParams(
+            subscribers=args.subscribers or 200, tenants=20, seconds=args.seconds or 1, drain_s=0.5
+        )
     else:
         c = chat.ChatParams(words=args.words, conc_chats=args.chats or 20)
         s = sse.SseParams(
@@ -121,7 +124,8 @@ def params_for(args: argparse.Namespace) -> dict[str, Any]:
         lp = llm.LlmParams(chats=args.llm_chats or 150)
         w = webhook.WebhookParams(seconds=args.webhook_seconds or 10, concurrency=args.webhook_concurrency)
         r = relay.RelayParams()
-    return {"chat": c, "sse": s, "memory": m, "llm": lp, "webhook": w, "relay": r}
+        st = sse_tenants.TenantSseParams(subscribers=args.subscribers or 1000, seconds=args.seconds or 10)
+    return {"chat": c, "sse": s, "sse-tenants": st, "memory": m, "llm": lp, "webhook": w, "relay": r}
 
 
 def median_rows(runs: list[list[Row]]) -> list[Row]:
@@ -217,7 +221,15 @@ def main() -> int:
     Quiet.max_wait_s = args.wait_quiet
     params = params_for(args)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-logs-"))
-    modules = {"chat": chat, "sse": sse, "memory": memory, "llm": llm, "webhook": webhook, "relay": relay}
+    modules = {
+        "chat": chat,
+        "sse": sse,
+        "sse-tenants": sse_tenants,
+        "memory": memory,
+        "llm": llm,
+        "webhook": webhook,
+        "relay": relay,
+    }
     rows: list[Row] = []
     details: dict[str, Any] = {}
     started = time.monotonic()

@@ -17,6 +17,7 @@ turns permessage-deflate off.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -34,6 +35,7 @@ def settings_for(
     llm_url: str | None = None,
     graph_url: str | None = None,
     token_flush_ms: float | None = None,
+    tenants: int = 0,
 ) -> Settings:
     server: dict[str, Any] = {
         "host": HOST,
@@ -69,7 +71,16 @@ def settings_for(
                 }
             ],
         }
-    return Settings.from_dict({"server": server, "agents": agents}, source="<bench>")
+    keys: list[dict[str, Any]] = []
+    for i in range(tenants):  # sse-tenants: agent t<i> of tenant t<i>, and a key of that tenant
+        agents[f"t{i}"] = {"answer": "echo", "echo_delay_ms": 0, "tenant": f"t{i}"}
+        digest = hashlib.sha256(tenant_key(i).encode()).hexdigest()
+        keys.append({"name": f"t{i}", "sha256": digest, "tenant": f"t{i}"})
+    return Settings.from_dict({"server": server, "agents": agents, "api_keys": keys}, source="<bench>")
+
+
+def tenant_key(i: int) -> str:
+    return f"sk_bench_tenant_{i}"
 
 
 def main() -> None:
@@ -79,6 +90,7 @@ def main() -> None:
     parser.add_argument("--llm-url", help="add agent `llm` streaming from this OpenAI-compatible server")
     parser.add_argument("--graph-url", help="add agent `wa` with a WhatsApp number on this Graph API")
     parser.add_argument("--token-flush-ms", type=float, help="server.token_flush_ms (default: the gateway's)")
+    parser.add_argument("--tenants", type=int, default=0, help="add agents t0…tN-1, one tenant and key each")
     args = parser.parse_args()
     raise_nofile()
     env = {k: os.environ[k] for k in ("WA_TOKEN", "WA_APP_SECRET") if k in os.environ}
@@ -90,6 +102,7 @@ def main() -> None:
             llm_url=args.llm_url,
             graph_url=args.graph_url,
             token_flush_ms=args.token_flush_ms,
+            tenants=args.tenants,
         )
         server = server_for(settings, env=env, port=args.port, log_config=None)
         server.run()

@@ -60,8 +60,19 @@ async def main(args: argparse.Namespace) -> None:
         return on_frame
 
     headers = {"Authorization": f"Bearer {args.auth}"} if args.auth else {}
+    # `--plan FILE`: a JSON list of [path, key], one subscriber each (sse-tenants).
+    plan = json.loads(open(args.plan).read()) if args.plan else [[args.path, args.auth]] * args.n
+    target[0] = len(plan)
     results = await gather_limited(
-        [SseClient.connect(args.port, args.path, make_on_frame(), headers) for _ in range(args.n)],  # type: ignore[arg-type]
+        [
+            SseClient.connect(
+                args.port,
+                path,
+                make_on_frame(),  # type: ignore[arg-type]
+                {"Authorization": f"Bearer {key}"} if key else headers,
+            )
+            for path, key in plan
+        ],
         args.concurrency,
     )
     clients = [r for r in results if isinstance(r, SseClient)]
@@ -96,8 +107,9 @@ async def main(args: argparse.Namespace) -> None:
 def cli() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--path", required=True)
-    parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--path", default="")
+    parser.add_argument("--n", type=int, default=0)
+    parser.add_argument("--plan", help="JSON file: a list of [path, key], one subscriber each")
     parser.add_argument("--auth", default="")
     parser.add_argument("--event", default="user.message")
     parser.add_argument("--concurrency", type=int, default=100)

@@ -309,6 +309,30 @@ def openapi_document() -> dict[str, Any]:
                     errors=("400", "401", "404", "409", "415"),
                 )
             },
+            "/v1/keys": {
+                "post": _op(
+                    "Create an API key (admin keys only); the key is in this answer only",
+                    body={
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "tenant": {"type": "string"},
+                            "agents": {"type": "array", "items": {"type": "string"}},
+                            "readOnly": {"type": "boolean"},
+                            "admin": {"type": "boolean"},
+                        },
+                    },
+                    ok="201",
+                    errors=("400", "401", "403", "404", "429"),
+                ),
+                "get": _op("List API keys (admin keys only)", params=[_q("tenant")], errors=("401", "404")),
+            },
+            "/v1/keys/{key_id}": {
+                "delete": _op(
+                    "Revoke an API key (admin keys only)", params=[_p("key_id")], errors=("401", "404")
+                )
+            },
             "/healthz": {"get": _op("Liveness", secured=False)},
             "/readyz": {"get": _op("Readiness: database and bus reachable", secured=False, errors=("503",))},
             "/metrics": {"get": _op("Prometheus metrics", secured=False)},
