@@ -320,7 +320,12 @@ async def origin_step(model: Model, op: str, agent: str) -> None:
         assert all(e.get("sessionId") == sid for e in events)
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.generate],
+)
 @given(specs=st.lists(key_specs, min_size=2, max_size=5), plan=st.lists(actions, min_size=8, max_size=22))
 def test_no_key_ever_sees_outside_its_scope(specs: list[KeySpec], plan: list[Any]) -> None:
     asyncio.run(scenario(specs, plan))

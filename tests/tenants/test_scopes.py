@@ -119,6 +119,7 @@ async def test_another_tenants_agent_answers_exactly_as_a_missing_one(world: Wor
             ("POST", "/v1/tokens", {"agent": "{a}", "channel": "chat"}),
             ("POST", "/v1/tokens", {"agent": "{a}", "channel": "stream"}),
             ("POST", "/v1/calls", {"agent": "{a}", "to": "+34600000000"}),
+            ("GET", "/v1/agents/{a}/pricing", None),
         ]:
             answers = []
             for agent in ("globex-support", "no-such-agent"):
@@ -134,6 +135,7 @@ async def test_another_tenants_agent_answers_exactly_as_a_missing_one(world: Wor
             ("POST", "/v1/sessions/{s}/messages", {"text": "I am a human"}),
             ("POST", "/v1/sessions/{s}/template", {"name": "x"}),
             ("POST", "/v1/calls/{s}/hangup", None),
+            ("GET", "/v1/sessions/{s}/pricing", None),
             ("POST", "/v1/tokens", {"agent": "acme-support", "sessionId": "{s}"}),
         ]:
             answers = []
