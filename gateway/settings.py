@@ -436,6 +436,9 @@ _ENV_KEYS: dict[str, tuple[str, type]] = {
     "GATEWAY_HOST": ("host", str),
     "GATEWAY_PORT": ("port", int),
     "GATEWAY_LOG_LEVEL": ("log_level", str),
+    # Booleans are passed on as text: the model reads true/false/1/0/yes/no/on/off.
+    "GATEWAY_LOG_JSON": ("log_json", str),
+    "GATEWAY_ACCESS_LOG": ("access_log", str),
 }
 
 

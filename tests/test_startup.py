@@ -54,6 +54,14 @@ def test_common_database_urls_map_to_the_async_drivers(given: str, used: str) ->
     assert load_settings(None, env={"GATEWAY_DATABASE_URL": given}).server.database_url == used
 
 
+def test_log_switches_come_from_the_environment_too() -> None:
+    s = load_settings(None, env={"GATEWAY_ACCESS_LOG": "true", "GATEWAY_LOG_JSON": "0"})
+    assert s.server.access_log is True and s.server.log_json is False
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, env={"GATEWAY_ACCESS_LOG": "sometimes"})
+    assert "server.access_log: Input should be a valid boolean" in err.value.message
+
+
 def test_an_unsupported_database_url_names_the_key_and_hides_the_password() -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(None, env={"GATEWAY_DATABASE_URL": "mysql://root:hunter2hunter2@db/gw"})
