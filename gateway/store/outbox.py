@@ -54,7 +54,8 @@ class OutboxQueries:
         self._store = store
 
     def _write(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
-        return self._store._write()
+        # Outbox writes jump the queue of turn writes: replies leave while a burst runs.
+        return self._store._write(urgent=True)
 
     def _read(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
         return self._store._read()

@@ -17,7 +17,6 @@ failing with SQLITE_BUSY.)
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway import ids
 from gateway.events import ContactRef, Event, now_ms
+from gateway.store.lock import WriteLock
 from gateway.store.models import (
     AgentRow,
     ApiKeyRow,
@@ -107,7 +107,7 @@ class Store:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._pg = engine.dialect.name == "postgresql"
-        self._write_lock = asyncio.Lock()
+        self._write_lock = WriteLock()
         self.on_commit = on_commit
         self.outbox = OutboxQueries(self)
         self.pricing = PricingQueries(self)
@@ -120,8 +120,8 @@ class Store:
             await conn.execute(text("SELECT 1"))
 
     @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncSession]:
-        async with self._write_lock:
+    async def _write(self, *, urgent: bool = False) -> AsyncIterator[AsyncSession]:
+        async with self._write_lock.hold(urgent=urgent):
             async with self._sessions.begin() as s:
                 yield s
             appended: list[Event] = s.info.get("events", [])
@@ -352,37 +352,19 @@ class Store:
         endpoint: str | None = None,
     ) -> tuple[SessionRow, Event]:
         paused = _paused_for(await s.get(AgentRow, agent_id), contact)
-        row = SessionRow(
-            id=session_id or ids.session_id(channel),
+        row, started = _session_row(
             agent_id=agent_id,
-            channel=str(channel),
-            contact_id=contact.id if contact else None,
+            channel=channel,
+            contact=contact,
             direction=direction,
-            status=SessionStatus.ACTIVE,
-            paused=paused,
             meta=meta,
-            context={},
-            prompt_vars={},
-            prompt=None,
-            started_at=now,
-            last_message_at=now,
-            last_inbound_at=None,
+            session_id=session_id,
+            now=now,
             endpoint=endpoint,
-            window_closed_at=None,
-            ended_at=None,
-            end_reason=None,
+            paused=paused,
         )
         s.add(row)
         await s.flush()
-        contact_json = {"id": contact.address, "name": contact.name} if contact else None
-        started = Event(
-            type=EventType.SESSION_STARTED,
-            agent=agent_id,
-            session_id=row.id,
-            channel=str(channel),
-            ts=now,
-            data={"contact": contact_json, "direction": direction, "metadata": meta},
-        )
         return row, started
 
     async def start_session(
@@ -413,172 +395,270 @@ class Store:
             events = await self._append(s, [started])
             return _session(row, crow), events
 
-    async def ingest_message(
-        self,
-        *,
-        agent_id: str,
-        channel: Channel,
-        text: str,
-        type: str = "text",
-        contact: ContactRef | None = None,
-        session_id: str | None = None,
-        provider_message_id: str | None = None,
-        parts: Sequence[Any] = (),
-        meta: dict[str, Any] | None = None,
-        extra: dict[str, Any] | None = None,
-        endpoint: str | None = None,
-        turn: bool = True,
-        message_meta: dict[str, Any] | None = None,
-    ) -> Ingested:
+    async def ingest_message(self, **spec: Any) -> Ingested:
         """Store one inbound user message, its dedupe key and its event in one transaction.
 
-        With `session_id` the message joins that (active) session; otherwise it joins
-        the contact's active session with the agent on this channel, or starts one.
+        Keywords: `agent_id`, `channel`, `text`, and optionally `type`, `contact`,
+        `session_id`, `provider_message_id`, `parts`, `meta` (a new session's metadata),
+        `extra` (added to the event), `endpoint`, `turn` (False: stored answered),
+        `message_meta`. With `session_id` the message joins that (active) session;
+        otherwise it joins the contact's active session with the agent on this channel,
+        or starts one.
         """
         async with self._write() as s:
-            return await self._ingest(
-                s,
-                now_ms(),
-                agent_id=agent_id,
-                channel=channel,
-                text=text,
-                type=type,
-                contact=contact,
-                session_id=session_id,
-                provider_message_id=provider_message_id,
-                parts=parts,
-                meta=meta,
-                extra=extra,
-                endpoint=endpoint,
-                turn=turn,
-                message_meta=message_meta,
-            )
+            (result,) = await self._ingest_batch(s, now_ms(), [spec])
+            return result
 
     async def ingest_many(self, specs: Sequence[dict[str, Any]]) -> list[Ingested]:
         """Several inbound messages (a webhook batch) in ONE transaction: all stored, or none.
 
         Each spec holds `ingest_message`'s keyword arguments.
         """
-        now = now_ms()
         async with self._write() as s:
-            return [await self._ingest(s, now + i, **spec) for i, spec in enumerate(specs)]
+            return await self._ingest_batch(s, now_ms(), specs)
 
-    async def _ingest(
-        self,
-        s: AsyncSession,
-        now: int,
-        *,
-        agent_id: str,
-        channel: Channel,
-        text: str,
-        type: str = "text",
-        contact: ContactRef | None = None,
-        session_id: str | None = None,
-        provider_message_id: str | None = None,
-        parts: Sequence[Any] = (),
-        meta: dict[str, Any] | None = None,
-        extra: dict[str, Any] | None = None,
-        endpoint: str | None = None,
-        turn: bool = True,
-        message_meta: dict[str, Any] | None = None,
-    ) -> Ingested:
-        if provider_message_id is not None:
-            dup = await s.scalar(
-                select(MessageRow.session_id).where(
-                    MessageRow.channel == str(channel),
-                    MessageRow.provider_message_id == provider_message_id,
+    async def _ingest_batch(
+        self, s: AsyncSession, now: int, specs: Sequence[dict[str, Any]]
+    ) -> list[Ingested]:
+        """Set-wise: a handful of statements per batch, whatever its size (a campaign's burst
+        of a thousand new contacts is one delivery, and Meta waits only seconds for the 200).
+
+        In batch order: a message already stored (or earlier in the batch) under the same
+        `(channel, provider id)` is a duplicate; the others find or create their contact
+        and session (messages of one new contact share one new session), and every event
+        (`session.started` before its session's first `user.message`) is appended at once.
+        """
+        specs = [{"type": "text", "parts": (), "turn": True, **spec} for spec in specs]
+        results: list[Ingested | None] = [None] * len(specs)
+        # 1. Duplicates: against the table, then within the batch.
+        stored: dict[tuple[str, str], str] = {}
+        by_channel: dict[str, set[str]] = {}
+        for spec in specs:
+            if spec.get("provider_message_id") is not None:
+                by_channel.setdefault(str(spec["channel"]), set()).add(spec["provider_message_id"])
+        for channel, pids in by_channel.items():
+            for chunk in _chunks(sorted(pids)):
+                found_ids = await s.execute(
+                    select(MessageRow.provider_message_id, MessageRow.session_id).where(
+                        MessageRow.channel == channel, MessageRow.provider_message_id.in_(chunk)
+                    )
                 )
+                stored.update({(channel, str(pid)): sid for pid, sid in found_ids})
+        fresh: list[int] = []  # indexes of the specs to store
+        batch_keys: dict[tuple[str, str], int] = {}
+        dup_of: dict[int, tuple[str, str]] = {}
+        for i, spec in enumerate(specs):
+            pid = spec.get("provider_message_id")
+            key = (str(spec["channel"]), str(pid))
+            if pid is not None and (key in stored or key in batch_keys):
+                dup_of[i] = key
+                continue
+            if pid is not None:
+                batch_keys[key] = i
+            fresh.append(i)
+        # 2. Contacts, filed under each agent's tenant: read the known ones in one query per
+        # (tenant, channel), add the new ones.
+        agents = {
+            row.id: row
+            for row in await s.scalars(
+                select(AgentRow).where(AgentRow.id.in_(sorted({specs[i]["agent_id"] for i in fresh})))
             )
-            if dup is not None:
-                srow = await s.get_one(SessionRow, dup)
-                return Ingested(
-                    session=_session(srow, await _contact_of(s, srow)), message=None, duplicate=True
+        }
+
+        def contact_key(i: int) -> tuple[str, str, str] | None:
+            ref = specs[i].get("contact")
+            if ref is None:
+                return None
+            agent = agents.get(specs[i]["agent_id"])
+            return ((agent.tenant if agent is not None else None) or "", str(ref.channel), ref.address)
+
+        refs: dict[tuple[str, str, str], ContactRef] = {}
+        for i in fresh:
+            if (place := contact_key(i)) is not None:
+                refs[place] = specs[i]["contact"]  # the latest name wins
+        contacts: dict[tuple[str, str, str], ContactRow] = {}
+        by_place: dict[tuple[str, str], set[str]] = {}
+        for tenant, channel, address in refs:
+            by_place.setdefault((tenant, channel), set()).add(address)
+        for (tenant, channel), addresses in by_place.items():
+            for chunk in _chunks(sorted(addresses)):
+                for row in await s.scalars(
+                    select(ContactRow).where(
+                        ContactRow.tenant == tenant,
+                        ContactRow.channel == channel,
+                        ContactRow.address.in_(chunk),
+                    )
+                ):
+                    contacts[(row.tenant, row.channel, row.address)] = row
+        new_contacts: list[ContactRow] = []
+        for place, ref in refs.items():
+            found = contacts.get(place)
+            if found is None:
+                row = ContactRow(
+                    id=ids.contact_id(),
+                    tenant=place[0],
+                    channel=place[1],
+                    address=ref.address,
+                    name=ref.name,
+                    paused_agents=[],
+                    created_at=now,
                 )
-        crow = await self._contact(s, contact, agent_id) if contact else None
-        events: list[Event] = []
-        started = False
-        srow_opt: SessionRow | None = None
-        if session_id is not None:
-            found = (
-                await s.execute(
-                    select(SessionRow, ContactRow)
-                    .outerjoin(ContactRow, SessionRow.contact_id == ContactRow.id)
-                    .where(SessionRow.id == session_id)
-                )
-            ).first()
-            srow_opt = found[0] if found is not None else None
-            if crow is None and found is not None:
-                crow = found[1]
-        elif crow is not None:
-            srow_opt = await s.scalar(
+                contacts[place] = row
+                new_contacts.append(row)
+            elif ref.name and found.name != ref.name:
+                found.name = ref.name
+        if new_contacts:
+            s.add_all(new_contacts)
+            await s.flush()
+        # 3. Sessions: named ones, then each contact's active one with the agent on the channel.
+        named = {specs[i]["session_id"] for i in fresh if specs[i].get("session_id") is not None}
+        sessions: dict[str, SessionRow] = {}
+        for chunk in _chunks(sorted(named)):
+            for srow in await s.scalars(select(SessionRow).where(SessionRow.id.in_(chunk))):
+                sessions[srow.id] = srow
+        session_contacts = {r.contact_id for r in sessions.values() if r.contact_id is not None}
+        known_contacts = {row.id: row for row in contacts.values()}
+        missing = sorted(session_contacts - set(known_contacts))
+        for chunk in _chunks(missing):
+            for other in await s.scalars(select(ContactRow).where(ContactRow.id.in_(chunk))):
+                known_contacts[other.id] = other
+        active: dict[tuple[str, str, str], SessionRow] = {}
+        wanted = {
+            (specs[i]["agent_id"], contacts[place].id, str(specs[i]["channel"]))
+            for i in fresh
+            if specs[i].get("session_id") is None and (place := contact_key(i)) is not None
+        }
+        agent_ids = sorted({a for a, _, _ in wanted})
+        contact_ids = sorted({c for _, c, _ in wanted})
+        for chunk in _chunks(contact_ids):
+            candidates = await s.scalars(
                 select(SessionRow)
                 .where(
-                    SessionRow.agent_id == agent_id,
-                    SessionRow.contact_id == crow.id,
-                    SessionRow.channel == str(channel),
+                    SessionRow.agent_id.in_(agent_ids),
+                    SessionRow.contact_id.in_(chunk),
                     SessionRow.status == SessionStatus.ACTIVE,
                 )
                 .order_by(SessionRow.started_at.desc())
-                .limit(1)
             )
-        if srow_opt is None or srow_opt.status != SessionStatus.ACTIVE:
-            srow, ev = await self._new_session(
-                s,
-                agent_id=agent_id,
-                channel=channel,
-                contact=crow,
-                direction="inbound",
-                meta=meta or {},
-                session_id=None,
-                now=now,
-                endpoint=endpoint,
-            )
-            events.append(ev)
-            started = True
-        else:
-            srow = srow_opt
-        paused = srow.paused or _paused_for(await s.get(AgentRow, agent_id), crow)
-        mrow = MessageRow(
-            id=ids.message_id(),
-            session_id=srow.id,
-            channel=str(channel),
-            role="user",
-            source="user",
-            type=type,
-            text=text,
-            parts=list(parts),
-            provider_message_id=provider_message_id,
-            status=None,
-            error=None,
-            in_reply_to=None,
-            pending=turn and not paused,
-            author=None,
-            meta=message_meta,
-            created_at=now,
-        )
-        s.add(mrow)
-        srow.last_message_at = now
-        srow.last_inbound_at = now
-        if endpoint and srow.endpoint is None:
-            srow.endpoint = endpoint
-        await s.flush()  # a concurrent duplicate (another process) fails the whole transaction
-        data: dict[str, Any] = {"messageId": mrow.id, "text": text, "type": type, "paused": paused}
-        if parts:
-            data["media"] = list(parts)
-        if extra:
-            data.update(extra)
-        events.append(
-            Event(
-                type=EventType.USER_MESSAGE,
-                agent=agent_id,
+            for candidate in candidates:
+                assert candidate.contact_id is not None
+                active.setdefault((candidate.agent_id, candidate.contact_id, candidate.channel), candidate)
+        # 4. Messages (and new sessions), in batch order.
+        events: list[Event] = []
+        placed: list[tuple[int, SessionRow, ContactRow | None, MessageRow, bool]] = []
+        new_sessions: list[SessionRow] = []
+        new_messages: list[MessageRow] = []
+        for i in fresh:
+            spec = specs[i]
+            at = now + i
+            agent_id, channel = spec["agent_id"], spec["channel"]
+            place = contact_key(i)
+            crow: ContactRow | None = contacts[place] if place is not None else None
+            srow_opt: SessionRow | None = None
+            if spec.get("session_id") is not None:
+                srow_opt = sessions.get(spec["session_id"])
+                if crow is None and srow_opt is not None and srow_opt.contact_id is not None:
+                    crow = known_contacts.get(srow_opt.contact_id)
+            elif crow is not None:
+                srow_opt = active.get((agent_id, crow.id, str(channel)))
+            started = srow_opt is None or srow_opt.status != SessionStatus.ACTIVE
+            if started:
+                srow, ev = _session_row(
+                    agent_id=agent_id,
+                    channel=channel,
+                    contact=crow,
+                    direction="inbound",
+                    meta=spec.get("meta") or {},
+                    session_id=None,
+                    now=at,
+                    endpoint=spec.get("endpoint"),
+                    paused=_paused_for(agents.get(agent_id), crow),
+                )
+                new_sessions.append(srow)
+                events.append(ev)
+                if crow is not None and spec.get("session_id") is None:
+                    active[(agent_id, crow.id, str(channel))] = srow  # its next messages join it
+            else:
+                assert srow_opt is not None
+                srow = srow_opt
+            paused = srow.paused or _paused_for(agents.get(agent_id), crow)
+            mrow = MessageRow(
+                id=ids.message_id(),
                 session_id=srow.id,
                 channel=str(channel),
-                ts=now,
-                data=data,
+                role="user",
+                source="user",
+                type=spec["type"],
+                text=spec["text"],
+                parts=list(spec["parts"]),
+                provider_message_id=spec.get("provider_message_id"),
+                status=None,
+                error=None,
+                in_reply_to=None,
+                pending=spec["turn"] and not paused,
+                author=None,
+                meta=spec.get("message_meta"),
+                created_at=at,
             )
-        )
-        events = await self._append(s, events)
-        return Ingested(session=_session(srow, crow), message=_message(mrow), events=events, started=started)
+            new_messages.append(mrow)
+            srow.last_message_at = at
+            srow.last_inbound_at = at
+            if spec.get("endpoint") and srow.endpoint is None:
+                srow.endpoint = spec["endpoint"]
+            data: dict[str, Any] = {
+                "messageId": mrow.id,
+                "text": spec["text"],
+                "type": spec["type"],
+                "paused": paused,
+            }
+            if spec["parts"]:
+                data["media"] = list(spec["parts"])
+            if spec.get("extra"):
+                data.update(spec["extra"])
+            events.append(
+                Event(
+                    type=EventType.USER_MESSAGE,
+                    agent=agent_id,
+                    session_id=srow.id,
+                    channel=str(channel),
+                    ts=at,
+                    data=data,
+                )
+            )
+            placed.append((i, srow, crow, mrow, started))
+        if new_sessions:
+            s.add_all(new_sessions)
+            await s.flush()
+        s.add_all(new_messages)
+        await s.flush()  # a concurrent duplicate (another process) fails the whole transaction
+        stored_events = await self._append(s, events)
+        by_session: dict[str, list[Event]] = {}
+        for e in stored_events:
+            by_session.setdefault(e.session_id or "", []).append(e)
+        for i, srow, its_contact, mrow, started in placed:
+            mine = [
+                e
+                for e in by_session.get(srow.id, [])
+                if e.data.get("messageId") == mrow.id or (started and e.type == EventType.SESSION_STARTED)
+            ]
+            results[i] = Ingested(
+                session=_session(srow, its_contact), message=_message(mrow), events=mine, started=started
+            )
+        # 5. Duplicates answer with the session that holds the original.
+        dup_sessions = {stored[k] for k in dup_of.values() if k in stored}
+        held: dict[str, SessionRow] = {}
+        for chunk in _chunks(sorted(dup_sessions)):
+            for srow in await s.scalars(select(SessionRow).where(SessionRow.id.in_(chunk))):
+                held[srow.id] = srow
+        for i, key in dup_of.items():
+            if key in stored:
+                original = held[stored[key]]
+                record = _session(original, await _contact_of(s, original))
+            else:
+                _, original, its_contact, _, _ = next(p for p in placed if p[0] == batch_keys[key])
+                record = _session(original, its_contact)
+            results[i] = Ingested(session=record, message=None, duplicate=True)
+        return [r for r in results if r is not None]
 
     async def session(self, session_id: str) -> SessionRecord | None:
         async with self._read() as s:
@@ -1125,6 +1205,56 @@ class Store:
             )
             events = await self._append(s, [ev])
             return _session(row, await _contact_of(s, row)), events
+
+
+def _session_row(
+    *,
+    agent_id: str,
+    channel: Channel,
+    contact: ContactRow | None,
+    direction: str,
+    meta: dict[str, Any],
+    session_id: str | None,
+    now: int,
+    endpoint: str | None,
+    paused: bool,
+) -> tuple[SessionRow, Event]:
+    """A new session's row and its `session.started` event (nothing written yet)."""
+    row = SessionRow(
+        id=session_id or ids.session_id(channel),
+        agent_id=agent_id,
+        channel=str(channel),
+        contact_id=contact.id if contact else None,
+        direction=direction,
+        status=SessionStatus.ACTIVE,
+        paused=paused,
+        meta=meta,
+        context={},
+        prompt_vars={},
+        prompt=None,
+        started_at=now,
+        last_message_at=now,
+        last_inbound_at=None,
+        endpoint=endpoint,
+        window_closed_at=None,
+        ended_at=None,
+        end_reason=None,
+    )
+    contact_json = {"id": contact.address, "name": contact.name} if contact else None
+    started = Event(
+        type=EventType.SESSION_STARTED,
+        agent=agent_id,
+        session_id=row.id,
+        channel=str(channel),
+        ts=now,
+        data={"contact": contact_json, "direction": direction, "metadata": meta},
+    )
+    return row, started
+
+
+def _chunks(values: Sequence[str], size: int = 500) -> list[Sequence[str]]:
+    """IN lists bounded (SQLite caps bound parameters; PostgreSQL plans them better small)."""
+    return [values[i : i + size] for i in range(0, len(values), size)]
 
 
 def _paused_for(agent: AgentRow | None, contact: ContactRow | None) -> bool:

@@ -320,3 +320,39 @@ async def test_a_receipt_that_overtakes_a_timed_out_send_is_kept(store: Store) -
     assert await store.outbox.claim_due() == []
     (part,) = await store.outbox.outbox_for(message_id)
     assert (part["status"], part["delivery"], part["providerMessageId"]) == ("sent", "sent", "wamid.R")
+
+
+async def test_a_batch_is_stored_set_wise_with_the_same_rules_as_one_message(store: Store) -> None:
+    await store.ingest_message(
+        agent_id="support",
+        channel=Channel.WHATSAPP,
+        text="old",
+        contact=alice(1),
+        provider_message_id="w.old",
+    )
+    before = await store.last_seq()
+    spec = {"agent_id": "support", "channel": Channel.WHATSAPP}
+    got = await store.ingest_many(
+        [
+            {**spec, "text": "a1", "contact": alice(2), "provider_message_id": "w.a1"},
+            {**spec, "text": "b1", "contact": alice(1), "provider_message_id": "w.b1"},
+            {**spec, "text": "a2", "contact": alice(2), "provider_message_id": "w.a2"},
+            {**spec, "text": "a1 again", "contact": alice(2), "provider_message_id": "w.a1"},
+            {**spec, "text": "old again", "contact": alice(1), "provider_message_id": "w.old"},
+        ]
+    )
+    a1, b1, a2, a1_dup, old_dup = got
+    assert a1.started and not a2.started and a1.session.id == a2.session.id  # one new session
+    assert not b1.started and b1.session.id == old_dup.session.id  # joined the active one
+    assert a1_dup.duplicate and a1_dup.message is None and a1_dup.session.id == a1.session.id
+    assert old_dup.duplicate and old_dup.message is None
+    assert [m.text for m in await store.messages(a1.session.id)] == ["a1", "a2"]
+    types = [(e.type, e.data.get("text")) for e in await store.events_after(before)]
+    assert types == [
+        ("session.started", None),
+        ("user.message", "a1"),
+        ("user.message", "b1"),
+        ("user.message", "a2"),
+    ]
+    assert [e.type for e in a1.events] == ["session.started", "user.message"]
+    assert [e.data["text"] for e in a2.events] == ["a2"]
