@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, text, update
+from sqlalchemy import and_, delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway import ids
@@ -141,20 +141,21 @@ class Store:
             return []
         if self._pg:
             await s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _EVENT_LOCK_KEY})
+        # Core, not ORM objects: one multi-row INSERT … RETURNING seq, in the events' order.
         rows = [
-            EventRow(
-                ts=e.ts,
-                type=str(e.type),
-                agent_id=e.agent,
-                session_id=e.session_id,
-                channel=e.channel,
-                data=dict(e.data),
-            )
+            {
+                "ts": e.ts,
+                "type": str(e.type),
+                "agent_id": e.agent,
+                "session_id": e.session_id,
+                "channel": e.channel,
+                "data": dict(e.data),
+            }
             for e in events
         ]
-        s.add_all(rows)
-        await s.flush()
-        stored = [e.with_seq(r.seq) for e, r in zip(events, rows, strict=True)]
+        result = await s.execute(insert(EventRow).returning(EventRow.seq, sort_by_parameter_order=True), rows)
+        seqs = list(result.scalars())
+        stored = [e.with_seq(seq) for e, seq in zip(events, seqs, strict=True)]
         s.info.setdefault("events", []).extend(stored)
         return stored
 

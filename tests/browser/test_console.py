@@ -7,6 +7,7 @@ conversation arrive, takes it over, answers as a human and hands it back.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
@@ -344,7 +345,15 @@ async def test_the_feed_resumes_with_last_event_id_after_a_gateway_restart(
         item = ui.item("Sheena Nelson")
         await expect(item.get_by_test_id("session-preview")).to_have_text("AI: before the restart")
         await expect(item.get_by_test_id("unread-count")).to_have_text("1")
-        last_seq = await page.evaluate("window.switchboardConsole.lastSeq")
+        # The reply's `message.status` (sent) follows the reply itself: wait until it is in too.
+        await wait_for(lambda: len(graph.sent) == 1)
+        last_seq = None
+        while True:  # settled: unchanged for half a second
+            seen = await page.evaluate("window.switchboardConsole.lastSeq")
+            if seen == last_seq:
+                break
+            last_seq = seen
+            await asyncio.sleep(0.5)
         assert isinstance(last_seq, int) and last_seq > 0
 
         # While the gateway is away (and until the test says so), the console cannot reconnect:
