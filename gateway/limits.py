@@ -27,12 +27,13 @@ from gateway.directory import AgentDirectory
 from gateway.events import Event, now_ms
 from gateway.settings import LimitsConfig
 from gateway.store.records import SessionRecord
-from gateway.store.sql import LimitCandidate, Store
+from gateway.store.sql import LimitCandidate, SessionQuery, Store
 from gateway.types import EventType
 
 log = logging.getLogger("gateway.limits")
 
 WINDOW_MS = 24 * 3600 * 1000
+ECHO_PAUSE = "echoPause"  # session.meta set by the WhatsApp channel when an echo paused the AI
 CALL_SLACK_SECONDS = 120  # ringing time and late callbacks before an unclosed call is swept
 
 
@@ -78,6 +79,7 @@ class SessionLimits:
             for candidate in due:
                 if await self._check(candidate, limits, now):
                     ended += 1
+            await self._resume_after_echoes(agent_id, now)
             limit = config.phone.max_duration_seconds
             if limit:
                 # A live call stops itself at its limit; this catches calls whose relay never
@@ -87,6 +89,23 @@ class SessionLimits:
                     await self._service.end_session(session_id, "max_duration")
                     ended += 1
         return ended
+
+    async def _resume_after_echoes(self, agent_id: str, now: int) -> None:
+        """WhatsApp coexistence: a contact paused because the business answered from the
+        WhatsApp Business app goes back to the AI once `echo_resume_minutes` have passed."""
+        paused = await self._store.sessions(
+            SessionQuery(agent=agent_id, status="active", paused=True, limit=500)
+        )
+        for session in paused:
+            pause = session.meta.get(ECHO_PAUSE)
+            if not isinstance(pause, dict) or not isinstance(pause.get("until"), int):
+                continue
+            if pause["until"] > now or session.contact is None:
+                continue
+            await self._store.update_session(
+                session.id, meta={k: v for k, v in session.meta.items() if k != ECHO_PAUSE}
+            )
+            await self._service.set_paused(agent_id, False, contact=session.contact.address, by="echo_resume")
 
     async def _check(self, c: LimitCandidate, limits: LimitsConfig, now: int) -> bool:
         """Act on one session past a threshold: True when it ended."""

@@ -149,6 +149,10 @@ class WhatsAppNumber(_Model):
     graph_base_url: str = "https://graph.facebook.com"
     graph_version: str = Field(default="v21.0", pattern=r"^v[0-9]+\.[0-9]+$")
     insecure_skip_signature: bool = False  # accept unsigned webhooks for this number (dev only; logged)
+    # Coexistence: the business answering from the WhatsApp Business app pauses the AI for
+    # that contact; with `echo_resume_minutes`, the AI takes over again that long after.
+    echo_pauses_ai: bool = True
+    echo_resume_minutes: float = Field(default=0, ge=0)
 
 
 class TwilioNumber(_Model):

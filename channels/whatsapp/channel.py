@@ -21,11 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from channels.whatsapp.client import GraphClient, template_payload, text_payload
+from channels.whatsapp.echoes import FIELD as ECHO_FIELD
+from channels.whatsapp.echoes import WaEcho, parse_echoes
 from channels.whatsapp.errors import GraphError, WindowClosed
 from channels.whatsapp.parse import parse_webhook
 from channels.whatsapp.payloads import MEDIA_KINDS, Change, WaError, WaMessage, WaStatus
@@ -37,7 +40,7 @@ from gateway.api.http import opt_str, read_body, read_json
 from gateway.codec import bounded
 from gateway.delivery import SendFailed, Template, TemplateSender, endpoint_address, provider_of
 from gateway.errors import BadRequest, ConfigError, Conflict, Unauthorized
-from gateway.events import ContactRef, Event, InboundMessage
+from gateway.events import ContactRef, Event, InboundMessage, now_ms
 from gateway.limits import whatsapp_window_open
 from gateway.runtime import Runtime
 from gateway.settings import WhatsAppNumber
@@ -50,6 +53,8 @@ PROVIDER = "whatsapp"
 UNROUTABLE = "_unroutable"
 UNTRANSCRIBED = ("[voice note]", "[audio]")
 WEBHOOK_ERROR = "webhook.error"
+ECHO_AUTHOR = "whatsapp_business_app"  # the author of a coexistence echo (a human at the business)
+ECHO_PAUSE = "echoPause"  # session.meta: {until} when an echo's pause ends by itself
 MESSAGE_REVOKED = "message.revoked"
 MESSAGE_REACTION = "message.reaction"
 # Message types read into text and parts; any other (and Meta's `unsupported`) keeps its raw object.
@@ -184,6 +189,15 @@ class WhatsAppChannel:
             owner = self.numbers[pnid].agent_id if routable and pnid is not None else UNROUTABLE
             if change.errors:
                 extras.append(self._webhook_errors(owner, change, change.errors))
+            if change.field == ECHO_FIELD:
+                echoes, problems = parse_echoes(change)
+                for problem in problems:
+                    log.warning("whatsapp echoes: %s", problem)
+                for echo in echoes:
+                    if routable and pnid is not None:
+                        extras.append(self._echo(pnid, echo))
+                    else:
+                        log.warning("whatsapp echo %s for unconfigured number %s ignored", echo.wamid, pnid)
             for m in change.messages:
                 if not routable or pnid is None:
                     extras.append(self._unroutable(pnid, m))
@@ -263,6 +277,60 @@ class WhatsAppChannel:
             await self.rt.store.append_events(
                 [Event(type=WEBHOOK_ERROR, agent=agent, channel=str(Channel.WHATSAPP), data=data)]
             )
+
+        return record
+
+    def _echo(self, pnid: str, e: WaEcho) -> Any:
+        """The business wrote from the WhatsApp Business app: a human message, and a pause."""
+        number = self.numbers[pnid]
+        agent = self._route(pnid, e.to)
+
+        async def record() -> None:
+            store = self.rt.store
+            if e.revoked_wamid is not None:
+                target = await store.find_message(
+                    channel=str(Channel.WHATSAPP), provider_message_id=e.revoked_wamid
+                )
+                if target is not None:
+                    who = {"by": ECHO_AUTHOR, "at": e.timestamp, "wamid": e.wamid}
+                    await store.hide_messages(
+                        [target.id],
+                        meta={"revoked": who},
+                        events=[
+                            Event(
+                                type=MESSAGE_REVOKED,
+                                agent=agent,
+                                session_id=target.session_id,
+                                channel=str(Channel.WHATSAPP),
+                                data={"messageId": target.id, "providerMessageId": e.revoked_wamid, **who},
+                            )
+                        ],
+                    )
+                return
+            meta: dict[str, Any] = {"echo": True, "whatsappType": e.type}
+            if e.type not in UNDERSTOOD:
+                meta["raw"] = bounded(dict(e.raw))
+            try:
+                session, message_id, _ = await store.record_echo(
+                    agent_id=agent,
+                    contact=ContactRef(channel=Channel.WHATSAPP, address=e.to),
+                    endpoint=f"{PROVIDER}:{pnid}",
+                    provider_message_id=e.wamid,
+                    text=e.text,
+                    parts=e.parts,
+                    author=ECHO_AUTHOR,
+                    meta=meta,
+                )
+            except IntegrityError:
+                return  # the same echo stored by a concurrent delivery
+            if message_id is None or not number.config.echo_pauses_ai:
+                return
+            await self.rt.service.set_paused(agent, True, contact=e.to, by=ECHO_AUTHOR)
+            if number.config.echo_resume_minutes:
+                # Durable: the limits sweeper resumes the contact once this time has passed.
+                until = now_ms() + int(number.config.echo_resume_minutes * 60_000)
+                latest = await store.session(session.id) or session
+                await store.update_session(session.id, meta={**latest.meta, ECHO_PAUSE: {"until": until}})
 
         return record
 

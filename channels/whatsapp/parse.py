@@ -222,6 +222,11 @@ def _content(kind: str, m: dict[str, Any]) -> tuple[str, Parts]:
     return f"[{kind} message]", []
 
 
+def read_content(kind: str, m: dict[str, Any]) -> tuple[str, Parts]:
+    """`_content` for other readers of the same message shapes (coexistence echoes)."""
+    return _content(kind, m)
+
+
 def _text(m: dict[str, Any]) -> tuple[str, Parts]:
     return _str(_obj(m.get("text")).get("body")) or "", []
 

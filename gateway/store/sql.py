@@ -661,6 +661,103 @@ class Store:
             results[i] = Ingested(session=record, message=None, duplicate=True)
         return [r for r in results if r is not None]
 
+    async def record_echo(
+        self,
+        *,
+        agent_id: str,
+        contact: ContactRef,
+        endpoint: str | None,
+        provider_message_id: str,
+        text: str,
+        parts: Sequence[Any],
+        author: str,
+        meta: dict[str, Any],
+    ) -> tuple[SessionRecord, str | None, list[Event]]:
+        """A message the business sent outside the gateway (a coexistence echo), stored as a
+        human message in the contact's active session with the agent (or a new one).
+
+        Idempotent by the provider's id: a redelivery returns (session, None, [])."""
+        now = now_ms()
+        async with self._write() as s:
+            dup = await s.scalar(
+                select(MessageRow.session_id).where(
+                    MessageRow.channel == str(contact.channel),
+                    MessageRow.provider_message_id == provider_message_id,
+                )
+            )
+            if dup is not None:
+                srow = await s.get_one(SessionRow, dup)
+                return _session(srow, await _contact_of(s, srow)), None, []
+            crow = await self._contact(s, contact)
+            events: list[Event] = []
+            srow_opt = await s.scalar(
+                select(SessionRow)
+                .where(
+                    SessionRow.agent_id == agent_id,
+                    SessionRow.contact_id == crow.id,
+                    SessionRow.channel == str(contact.channel),
+                    SessionRow.status == SessionStatus.ACTIVE,
+                )
+                .order_by(SessionRow.started_at.desc())
+                .limit(1)
+            )
+            if srow_opt is None:
+                srow, started = await self._new_session(
+                    s,
+                    agent_id=agent_id,
+                    channel=contact.channel,
+                    contact=crow,
+                    direction="outbound",
+                    meta={},
+                    session_id=None,
+                    now=now,
+                    endpoint=endpoint,
+                )
+                events.append(started)
+            else:
+                srow = srow_opt
+            mrow = MessageRow(
+                id=ids.message_id(),
+                session_id=srow.id,
+                channel=str(contact.channel),
+                role="assistant",
+                source="human",
+                type="text",
+                text=text,
+                parts=list(parts),
+                provider_message_id=provider_message_id,
+                status="sent",
+                error=None,
+                in_reply_to=None,
+                pending=False,
+                author=author,
+                meta=meta,
+                created_at=now,
+            )
+            s.add(mrow)
+            srow.last_message_at = now
+            await s.flush()
+            data: dict[str, Any] = {
+                "messageId": mrow.id,
+                "text": text,
+                "source": "human",
+                "author": author,
+                "providerMessageId": provider_message_id,
+                "echo": True,
+            }
+            events.append(
+                Event(
+                    type=EventType.BOT_MESSAGE,
+                    agent=agent_id,
+                    session_id=srow.id,
+                    channel=str(contact.channel),
+                    ts=now,
+                    data=data,
+                )
+            )
+            events = await self._append(s, events)
+            return _session(srow, crow), mrow.id, events
+
     async def session(self, session_id: str) -> SessionRecord | None:
         async with self._read() as s:
             # One statement, not two: every turn and most routes read a session.
