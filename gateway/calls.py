@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any, Protocol
 
-CALL_ACTIONS = frozenset({"hangup", "forward", "digits", "language"})
+CALL_ACTIONS = frozenset({"hangup", "forward", "digits", "language", "configure"})
 
 
 class CallControl(Protocol):

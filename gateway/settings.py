@@ -203,6 +203,9 @@ class PhoneConfig(_Model):
     ringing_timeout_seconds: float = Field(default=5, gt=0)
     # How long a call whose relay socket dropped may take to reconnect before its session ends.
     relay_reconnect_seconds: float = Field(default=30, ge=0)
+    # `applicationReconnect`: Twilio reopens a dropped relay socket itself (the call goes on)
+    # and replays the events it buffered; the gateway ignores replays it already has.
+    application_reconnect: bool = True
     # Built-in call tools offered to the model: `endCall`, and `transferToHuman` when set.
     end_call_tool: bool = False
     transfer_to: str | None = Field(default=None, pattern=r"^(\+[1-9][0-9]{4,15}|sip:.+)$")

@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from channels.twilio import relay_protocol as rp
 from gateway.bus.base import Subscription, SubscriptionClosed
-from gateway.codec import dumps
+from gateway.codec import bounded, dumps
 from gateway.errors import GatewayError
 from gateway.events import Event, InboundMessage, now_ms
 from gateway.runtime import Runtime
@@ -33,6 +33,12 @@ log = logging.getLogger("gateway.twilio.relay")
 MAX_RECORDED_BAD_FRAMES = 20  # per call: enough to debug, never a flood of events
 SPEECH_CHARS_PER_SECOND = 15.0  # to wait for a goodbye to be spoken before `end`
 MAX_SPEECH_WAIT = 10.0
+# Application reconnect: Twilio replays what it buffered right after the new `setup`. A final
+# prompt in this first stretch of a reconnected socket that repeats a caller message the call
+# already stored (within REPLAY_LOOKBACK_MS before the reconnect) is a replay: not said twice.
+REPLAY_SECONDS = 5.0
+CONFIG_UPDATED = "call.configUpdated"  # Twilio confirmed a mid-call configuration change
+REPLAY_LOOKBACK_MS = 120_000
 
 
 class RelayConnection:
@@ -72,6 +78,34 @@ class RelayConnection:
         # An action to run once the reply being spoken is complete (endCall from a tool).
         self.after_reply: tuple[str, dict[str, Any]] | None = None
         self._after_reply_task: asyncio.Task[None] | None = None
+        # Set on a reconnected socket: (monotonic end of the replay stretch, stored caller
+        # messages a replayed prompt may repeat: id -> text).
+        self._replay: tuple[float, dict[str, str]] | None = None
+        self.replays_ignored = 0
+
+    async def expect_replay(self) -> None:
+        """This socket replaces a dropped one: recognise the replayed prompts."""
+        since = now_ms() - REPLAY_LOOKBACK_MS
+        recent = {
+            m.id: m.text.strip()
+            for m in await self.rt.store.messages(self.sid)
+            if m.role == "user" and m.created_at >= since and m.text.strip()
+        }
+        if recent:
+            self._replay = (time.monotonic() + REPLAY_SECONDS, recent)
+
+    def _replayed(self, text: str) -> bool:
+        if self._replay is None:
+            return False
+        until, recent = self._replay
+        if time.monotonic() > until:
+            self._replay = None
+            return False
+        match = next((mid for mid, said in recent.items() if said == text), None)
+        if match is None:
+            return False
+        del recent[match]  # each stored message absorbs one replay at most
+        return True
 
     # ---------------------------------------------------------------- sending
 
@@ -147,6 +181,10 @@ class RelayConnection:
             text, self._partial = (frame.text or self._partial).strip(), ""
             if not text:
                 return
+            if self._replayed(text):
+                self.replays_ignored += 1
+                log.info("replayed prompt ignored after a reconnect", extra={"session_id": self.sid})
+                return
             meta = {"lang": frame.lang} if frame.lang else None
             await self.rt.service.receive(
                 InboundMessage(
@@ -175,6 +213,8 @@ class RelayConnection:
         elif isinstance(frame, rp.RelayError):
             log.warning("ConversationRelay error: %s", frame.description, extra={"session_id": self.sid})
             await self._event(EventType.SESSION_ERROR, {"code": "relay_error", "message": frame.description})
+        elif isinstance(frame, rp.ConfigUpdated):
+            await self._event(CONFIG_UPDATED, {"settings": bounded(frame.fields, 4096)})
         elif isinstance(frame, rp.Setup):
             log.info("a second setup on one relay socket ignored", extra={"session_id": self.sid})
         else:
@@ -185,7 +225,7 @@ class RelayConnection:
         self._idle = 0.0
         self._warned = self._final_warned = False
 
-    async def _event(self, type_: EventType, data: dict[str, Any]) -> None:
+    async def _event(self, type_: EventType | str, data: dict[str, Any]) -> None:
         await self.rt.store.append_events(
             [Event(type=type_, agent=self.session.agent_id, session_id=self.sid, channel="phone", data=data)]
         )

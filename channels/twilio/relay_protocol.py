@@ -55,11 +55,18 @@ class RelayError:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfigUpdated:
+    """Twilio applied a mid-call configuration change (its `configUpdated` event)."""
+
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Unknown:
     type: str
 
 
-Frame = Setup | Prompt | Dtmf | Interrupt | RelayError | Unknown
+Frame = Setup | Prompt | Dtmf | Interrupt | RelayError | ConfigUpdated | Unknown
 
 
 def parse_frame(raw: str | bytes) -> Frame:
@@ -109,6 +116,8 @@ def parse_frame(raw: str | bytes) -> Frame:
         return Interrupt(spoken=spoken, duration_ms=_int(obj.get("durationUntilInterruptMs")))
     if kind == "error":
         return RelayError(description=str(obj.get("description", ""))[:1000])
+    if kind == "configUpdated":
+        return ConfigUpdated(fields={k: v for k, v in obj.items() if k != "type"})
     return Unknown(type=kind[:64])
 
 
@@ -150,3 +159,26 @@ def send_digits(digits: str) -> dict[str, Any]:
 
 def language(lang: str) -> dict[str, Any]:
     return {"type": "language", "ttsLanguage": lang, "transcriptionLanguage": lang}
+
+
+# Mid-call configuration (Twilio changelog 2026-10-28: `config`, `hints` and `language`
+# messages). Field names follow the <ConversationRelay> attributes they change.
+SESSION_SETTINGS = ("interruptible", "preemptible", "dtmfDetection")
+LANGUAGE_SETTINGS = ("voice", "ttsProvider", "transcriptionProvider", "speechModel")
+
+
+def configure(settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The frames that apply checked settings: session settings, then hints, then the
+    language (switched to `language`, with its voice and providers when given)."""
+    frames: list[dict[str, Any]] = []
+    session = {k: settings[k] for k in SESSION_SETTINGS if k in settings}
+    if session:
+        frames.append({"type": "config", **session})
+    if "hints" in settings:
+        frames.append({"type": "hints", "hints": ",".join(settings["hints"])})
+    lang = {k: settings[k] for k in LANGUAGE_SETTINGS if k in settings}
+    if "language" in settings:
+        frames.append({**language(settings["language"]), **lang})
+    elif lang:
+        frames.append({"type": "language", **lang})
+    return frames

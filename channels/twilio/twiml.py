@@ -43,6 +43,8 @@ def relay(
         attrs["hints"] = ",".join(phone.hints)
     if greeting:
         attrs["welcomeGreeting"] = greeting
+    if phone.application_reconnect:
+        attrs["applicationReconnect"] = "true"
     attrs.update(phone.relay_attributes)
     cr = connect.conversation_relay(url=relay_url, language=language or phone.language, **attrs)
     for name, value in parameters.items():

@@ -57,6 +57,7 @@ END_REASONS = {
     "canceled": "canceled",
 }
 MAX_RECONNECTS = 3
+CALL_CONFIGURED = "call.configured"
 CALL_KEY = "call"  # session.meta["call"]: CallSid, numbers, answer time, reconnects, language
 CREATE_CALL_ATTEMPTS = 3
 
@@ -337,6 +338,8 @@ class TwilioVoice:
             dropped.cancel()
         if previous is not None:
             previous.ended = True
+        # Any socket after the call's first one (a drop, our restart): Twilio may replay.
+        await conn.expect_replay()
         try:
             async with self.rt.bus.subscribe_session(
                 session.id, self.rt.settings.server.chat_buffer_frames
@@ -481,6 +484,26 @@ class TwilioVoice:
             raise Conflict(f"call {session_id} has no live relay connection", code="call_not_connected")
         elif action == "digits":
             await conn.send(rp.send_digits(clean["digits"]))
+        elif action == "configure":
+            for frame in rp.configure(clean):
+                await conn.send(frame)
+            call = call_info(session)
+            kept = {**(call.get("config") or {}), **clean}
+            changes: dict[str, Any] = {"config": kept}
+            if "language" in clean:
+                changes["language"] = clean["language"]
+            await self.rt.store.update_session(session_id, meta=with_call(session, **changes))
+            await self.rt.store.append_events(
+                [
+                    Event(
+                        type=CALL_CONFIGURED,
+                        agent=session.agent_id,
+                        session_id=session_id,
+                        channel=session.channel,
+                        data={"settings": clean},
+                    )
+                ]
+            )
         else:
             await conn.send(rp.language(clean["language"]))
             await self.rt.store.update_session(
@@ -665,6 +688,49 @@ def _opt(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _check_settings(args: Mapping[str, Any]) -> dict[str, Any]:
+    """Mid-call settings: each one optional, at least one, every value checked."""
+    out: dict[str, Any] = {}
+    unknown = set(args) - {"language", "hints", *rp.SESSION_SETTINGS, *rp.LANGUAGE_SETTINGS}
+    if unknown:
+        raise BadRequest(
+            f"unknown call settings: {', '.join(sorted(unknown))[:200]}", code="invalid_settings"
+        )
+    if "language" in args:
+        out["language"] = _check_args("language", args)["language"]
+    if "interruptible" in args:
+        value = args["interruptible"]
+        value = {True: "any", False: "none"}.get(value, value) if isinstance(value, bool) else value
+        if value not in ("any", "speech", "dtmf", "none"):
+            raise BadRequest("`interruptible` is any, speech, dtmf or none", code="invalid_settings")
+        out["interruptible"] = value
+    for key in ("preemptible", "dtmfDetection"):
+        if key in args:
+            if not isinstance(args[key], bool):
+                raise BadRequest(f"`{key}` must be true or false", code="invalid_settings")
+            out[key] = args[key]
+    for key in rp.LANGUAGE_SETTINGS:
+        if key in args:
+            value = args[key]
+            if not isinstance(value, str) or not value or len(value) > 128 or not value.isprintable():
+                raise BadRequest(f"`{key}` must be a short string", code="invalid_settings")
+            out[key] = value
+    if "hints" in args:
+        hints = args["hints"]
+        if isinstance(hints, str):
+            hints = [h.strip() for h in hints.split(",") if h.strip()]
+        if (
+            not isinstance(hints, list)
+            or len(hints) > 500
+            or not all(isinstance(h, str) and 0 < len(h) <= 100 and "," not in h for h in hints)
+        ):
+            raise BadRequest("`hints` is a list of words or phrases (no commas)", code="invalid_settings")
+        out["hints"] = hints
+    if not out:
+        raise BadRequest("name at least one setting to change", code="invalid_settings")
+    return out
+
+
 def _check_args(action: str, args: Mapping[str, Any]) -> dict[str, Any]:
     if action == "forward":
         to = args.get("to")
@@ -681,6 +747,8 @@ def _check_args(action: str, args: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(lang, str) or not LANGUAGE.match(lang):
             raise BadRequest("`language` must be a code like en-US", code="invalid_language")
         return {"language": lang}
+    if action == "configure":
+        return _check_settings(args)
     reason = args.get("reason")
     return (
         {"reason": reason} if isinstance(reason, str) and reason.isidentifier() and len(reason) <= 32 else {}

@@ -430,6 +430,7 @@ class AgentConnection:
             "call.forward": ("forward", ("to",)),
             "call.send_digits": ("digits", ("digits",)),
             "call.set_language": ("language", ("language",)),
+            "call.configure": ("configure", ()),
         }
         if kind not in actions:
             raise FrameError("unknown_event", f"unknown event {kind[:64]!r}")
@@ -437,6 +438,11 @@ class AgentConnection:
         await self._own(session_id)
         action, keys = actions[kind]
         args = {k: frame.get(k) for k in keys}
+        if action == "configure":
+            settings = frame.get("settings")
+            if not isinstance(settings, dict):
+                raise FrameError("invalid_frame", "`settings` must be an object")
+            args = settings
         if action == "hangup" and isinstance(frame.get("reason"), str):
             args["reason"] = frame["reason"]
         try:

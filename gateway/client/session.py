@@ -119,6 +119,12 @@ class Session:
         """Switch the call's speech recognition and synthesis language (e.g. `es-ES`)."""
         await self._command("call.set_language", language=language)
 
+    async def configure_call(self, **settings: Any) -> None:
+        """Change the live call's settings: `language`, `voice`, `ttsProvider`,
+        `transcriptionProvider`, `speechModel`, `interruptible` (any/speech/dtmf/none),
+        `preemptible`, `dtmfDetection`, `hints` (a list). Only those given change."""
+        await self._command("call.configure", settings=settings)
+
 
 @dataclass(frozen=True, slots=True)
 class Turn:
