@@ -559,6 +559,8 @@
 
   function whoLabel(m, s) {
     if (m.role === "user") return (s && s.contact && (s.contact.name || s.contact.id)) || "Contact";
+    // A coexistence echo: the business wrote from the WhatsApp Business app on the same number.
+    if (m.source === "human" && m.author === "whatsapp_business_app") return "Human · WhatsApp Business app";
     if (m.source === "human") return m.author ? `Human · ${m.author}` : "Human";
     return `AI${s && s.agent ? ` · ${s.agent}` : ""}`;
   }
