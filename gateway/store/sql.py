@@ -688,7 +688,7 @@ class Store:
             if dup is not None:
                 srow = await s.get_one(SessionRow, dup)
                 return _session(srow, await _contact_of(s, srow)), None, []
-            crow = await self._contact(s, contact)
+            crow = await self._contact(s, contact, agent_id)
             events: list[Event] = []
             srow_opt = await s.scalar(
                 select(SessionRow)
