@@ -128,7 +128,7 @@ async def test_mid_call_configuration_from_the_api_the_agent_socket_and_the_pyth
     db_url: str,
 ) -> None:
     async with (
-        twilio_gateway(db_url) as (g, _),
+        twilio_gateway(db_url, process=True) as (g, _),  # a process may steer its calls
         connected_call(g, "CA" + "k" * 32) as (relay, sid),
     ):
         async with g.client() as c:
