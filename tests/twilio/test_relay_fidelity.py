@@ -116,6 +116,7 @@ async def test_a_call_survives_a_gateway_restart_with_replayed_frames(db_url: st
                 assert text == "what are your opening hours"  # answered once, by the restarted gateway
                 with pytest.raises(TimeoutError):
                     await relay.recv(0.6)
+            await wait_event(g, sid, "bot.message")  # said in full, then stored
             assert await _user_texts(g, sid) == ["what are your opening hours"]
             replies = [m.text for m in await g.runtime.store.messages(sid) if m.role == "assistant"]
             assert replies == ["what are your opening hours"]
