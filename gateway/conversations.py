@@ -45,6 +45,11 @@ from gateway.types import Channel, EventType
 log = logging.getLogger("gateway.conversations")
 
 HISTORY_CACHE_SESSIONS = 1024
+# Turns reading their session, messages and history at once. Turns spend most of their
+# life waiting on the agent, so many may run; but if a burst's hundreds of turns all read
+# at once, every one waits on the pool behind all the others and no reply is ready until
+# the whole burst has read. A small gate lets the first turns reply (and send) first.
+READING_TURNS = 16
 
 
 class AgentFactory(Protocol):
@@ -198,6 +203,7 @@ class ConversationService:
         )
         self._history: OrderedDict[str, tuple[tuple[int, int], list[MessageRecord]]] = OrderedDict()
         self._flush_s = settings.server.token_flush_ms / 1000
+        self._reading = asyncio.Semaphore(READING_TURNS)
 
     # ------------------------------------------------------------- sessions
 
@@ -528,10 +534,11 @@ class ConversationService:
             yield
 
     async def _run_turn(self, session_id: str) -> None:
-        session = await self.store.session(session_id)
-        if session is None or not session.active or session.paused:
-            return  # paused: a human has the conversation; no agent turn runs
-        messages = await self.store.messages(session_id)
+        async with self._reading:
+            session = await self.store.session(session_id)
+            if session is None or not session.active or session.paused:
+                return  # paused: a human has the conversation; no agent turn runs
+            messages = await self.store.messages(session_id)
         pending = [m for m in messages if m.pending and m.role == "user"]
         if not pending:
             return
@@ -557,7 +564,8 @@ class ConversationService:
                 pending = await prepare(session, pending)
         restored: list[MessageRecord] = []
         if session.contact is not None:
-            restored = await self._restored_history(session, config)
+            async with self._reading:
+                restored = await self._restored_history(session, config)
         turn = Turn(
             turn_id=reply_id,
             session_id=session_id,
