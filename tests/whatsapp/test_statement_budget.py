@@ -17,7 +17,7 @@ from tests.fakes.graph_server import FakeGraph
 from tests.whatsapp.test_channel import ENV, number, post, status_webhook, text_webhook, wait_for
 
 # Measured 2026-12-02 (SQLite), from the webhook POST to the reply's `sent` receipt
-# recorded: 35–37 statements for the first message of a new contact (contact and session
+# recorded: 35 to 37 statements for the first message of a new contact (contact and session
 # created, history looked up), 29 for a message in the same session. The core is still
 # the ORM one; issue "A fast core" should bring these down to a handful.
 BUDGET_NEW_CONTACT = 38
