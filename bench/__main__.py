@@ -110,7 +110,11 @@ def params_for(args: argparse.Namespace) -> dict[str, Any]:
         )
         r = relay.RelayParams(calls=2, prompts=10, conc_prompts=3, direct_turns=200, direct_warmup=20)
         st = sse_tenants.TenantSseParams(
-            subscribers=args.subscribers or 200, tenants=20, seconds=args.seconds or 1, drain_s=0.5
+            subscribers=args.subscribers or 200,
+            tenants=20,
+            rate=args.rate,
+            seconds=args.seconds or 1,
+            drain_s=0.5,
         )
     else:
         c = chat.ChatParams(words=args.words, conc_chats=args.chats or 20)
@@ -124,7 +128,9 @@ def params_for(args: argparse.Namespace) -> dict[str, Any]:
         lp = llm.LlmParams(chats=args.llm_chats or 150)
         w = webhook.WebhookParams(seconds=args.webhook_seconds or 10, concurrency=args.webhook_concurrency)
         r = relay.RelayParams()
-        st = sse_tenants.TenantSseParams(subscribers=args.subscribers or 1000, seconds=args.seconds or 10)
+        st = sse_tenants.TenantSseParams(
+            subscribers=args.subscribers or 1000, rate=args.rate, seconds=args.seconds or 10
+        )
     return {"chat": c, "sse": s, "sse-tenants": st, "memory": m, "llm": lp, "webhook": w, "relay": r}
 
 

@@ -37,7 +37,7 @@ from bench.serve_gateway import tenant_key
 class TenantSseParams:
     subscribers: int = 1000
     tenants: int = 100
-    rate: float = 20.0
+    rate: float = 10.0
     seconds: float = 10.0
     drain_s: float = 1.0
 

@@ -447,3 +447,27 @@ def test_cli_keys_with_tenant_agents_read_only_and_sessions_by_tenant(tmp_path: 
     assert cli([*args, "export", "--tenant", "globex", "-o", str(out_file)]) == 0
     exported = [json.loads(line) for line in out_file.read_text().splitlines()]
     assert [e["agent"] for e in exported] == ["globex-support"]
+
+
+async def test_keys_declared_in_gateway_toml_take_the_same_scopes(sqlite_url: str) -> None:
+    import hashlib
+
+    def declared(name: str, **scope: Any) -> dict[str, Any]:
+        return {"name": name, "sha256": hashlib.sha256(f"sk_{name}".encode()).hexdigest(), **scope}
+
+    keys = [
+        declared("acme-dash", tenant="acme", agents=["acme-sales"], read_only=True),
+        declared("root", admin=True),
+    ]
+    async with run_gateway(make_settings(sqlite_url, agents=AGENTS, api_keys=keys)) as g:
+        async with g.client() as c:
+            for agent in AGENTS:
+                assert (await c.post(f"/v1/agents/{agent}/messages", json={"text": "x"})).status_code == 200
+        async with httpx.AsyncClient(base_url=g.url, headers=bearer("sk_acme-dash"), timeout=10) as c:
+            listed = (await c.get("/v1/sessions")).json()["sessions"]
+            assert {s["agent"] for s in listed} == {"acme-sales"}
+            r = await c.post("/v1/agents/acme-sales/pause")
+            assert r.status_code == 403 and r.json()["error"]["code"] == "read_only"
+        async with httpx.AsyncClient(base_url=g.url, headers=bearer("sk_root"), timeout=10) as c:
+            assert len((await c.get("/v1/sessions")).json()["sessions"]) == len(AGENTS)
+            assert (await c.get("/v1/keys")).status_code == 200
