@@ -224,13 +224,23 @@ class OutboxQueries:
             return await self._delivery_changed(s, row, FINAL, error)
 
     async def recover_in_flight(self, grace_ms: int) -> int:
-        """At start-up: a part claimed by a process that died may or may not have gone out."""
+        """At start-up: a part claimed by a process that died may or may not have gone out.
+
+        Its grace period starts now, and so does that of a part left uncertain by the last
+        stop: a receipt the provider could not deliver while the gateway was down comes
+        when the provider retries, after the restart, and must find the part still waiting.
+        """
         now = now_ms()
         async with self._write() as s:
             res = await s.execute(
                 update(OutboxRow)
                 .where(OutboxRow.status == "sending")
                 .values(status="uncertain", next_attempt_at=now + grace_ms, updated_at=now)
+            )
+            await s.execute(
+                update(OutboxRow)
+                .where(OutboxRow.status == "uncertain", OutboxRow.next_attempt_at < now + grace_ms)
+                .values(next_attempt_at=now + grace_ms)
             )
             return int(res.rowcount or 0)  # type: ignore[attr-defined]
 

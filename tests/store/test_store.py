@@ -356,3 +356,20 @@ async def test_a_batch_is_stored_set_wise_with_the_same_rules_as_one_message(sto
     ]
     assert [e.type for e in a1.events] == ["session.started", "user.message"]
     assert [e.data["text"] for e in a2.events] == ["a2"]
+
+
+async def test_a_part_left_uncertain_by_a_stop_waits_a_full_grace_after_the_restart(store: Store) -> None:
+    """Cut mid-call at SIGTERM, then down longer than the grace period: its receipt comes
+    only once the gateway is back, so the grace restarts then instead of resending at once."""
+    (message_id,) = await _replies_for(store, 1)
+    (item,) = await store.outbox.claim_due()
+    await store.outbox.mark_uncertain(item.id, 0, {"code": "send_interrupted", "message": "stopped"})
+    await asyncio.sleep(0.01)  # the gateway was down past the (zero) grace
+    await store.outbox.recover_in_flight(grace_ms=60_000)  # the next start
+    assert await store.outbox.expire_uncertain(max_attempts=8) == []
+    assert await store.outbox.claim_due() == []  # still waiting for its receipt
+    await store.outbox.delivery_status(
+        channel="whatsapp", provider_message_id="wamid.L", status="sent", idempotency_key=item.idempotency_key
+    )
+    (part,) = await store.outbox.outbox_for(message_id)
+    assert (part["status"], part["providerMessageId"]) == ("sent", "wamid.L")
