@@ -37,7 +37,7 @@ from gateway.access import Access
 from gateway.agents.factory import AgentFactory
 from gateway.agents.remote import ProcessHub
 from gateway.api.agent_socket import AgentSocket
-from gateway.api.http import on_crash, on_gateway_error, on_http_error
+from gateway.api.http import CrashGuard, on_crash, on_gateway_error, on_http_error
 from gateway.api.keys import KeyRoutes
 from gateway.api.messages import MessageRoutes
 from gateway.api.ops import OpsRoutes
@@ -207,6 +207,7 @@ def create_app(
             Exception: on_crash,
         },
     )
+    app.add_middleware(CrashGuard)
     app.add_middleware(MetricsMiddleware, metrics=rt.metrics)  # type: ignore[arg-type]
     app.state.runtime = rt
     return app

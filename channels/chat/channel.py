@@ -10,6 +10,7 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from channels.chat.protocol import FrameError, Ping, SetContext, UserText, parse_client_frame
+from gateway import sanitizer
 from gateway.bus.base import SubscriptionClosed
 from gateway.codec import dumps
 from gateway.errors import GatewayError, Unauthorized
@@ -66,13 +67,16 @@ class ChatChannel:
                 return
             session = found
         else:
-            meta = token.meta
+            # POST /v1/tokens refuses unsafe metadata; a token minted before it did is made safe.
+            meta = sanitizer.clean_json(token.meta)
             user = meta.get("userId")
             contact = None
-            if isinstance(user, str | int) and str(user):
+            if isinstance(user, str | int) and str(user) and len(str(user)) <= sanitizer.MAX_ID:
                 name = meta.get("name")
                 contact = ContactRef(
-                    channel=Channel.CHAT, address=str(user), name=name if isinstance(name, str) else None
+                    channel=Channel.CHAT,
+                    address=str(user),
+                    name=sanitizer.clip(name, sanitizer.MAX_NAME) if isinstance(name, str) else None,
                 )
             session = await rt.service.start_session(
                 agent_id=token.agent_id, channel=Channel.CHAT, contact=contact, metadata=meta
@@ -144,6 +148,12 @@ class ChatConnection:
                 await self.send({"event": "chat.error", "code": exc.code, "message": exc.message})
             except GatewayError as exc:
                 await self.send({"event": "chat.error", "code": exc.code, "message": exc.message})
+            except (WebSocketDisconnect, OSError):
+                raise
+            except Exception:
+                # A bug must not cost the visitor the conversation: say so, log it, read on.
+                log.exception("chat frame failed", extra={"session_id": self.session.id})
+                await self.send({"event": "chat.error", "code": "internal", "message": "internal error"})
 
     async def _handle(self, frame: UserText | SetContext | Ping) -> None:
         if isinstance(frame, Ping):

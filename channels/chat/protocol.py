@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from gateway import sanitizer
+
 MAX_CONTEXT_KEY = 128
 MAX_CONTEXT_VALUE_CHARS = 8192
 
@@ -44,11 +46,16 @@ def parse_client_frame(raw: str | bytes, *, max_text: int, max_bytes: int) -> Cl
     if len(raw) > max_bytes:
         raise FrameError("frame_too_large", f"frames are limited to {max_bytes} bytes")
     try:
-        obj = json.loads(raw)
+        obj = sanitizer.parse_json(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise FrameError("invalid_json", "frames must be JSON objects") from None
     if not isinstance(obj, dict):
         raise FrameError("invalid_frame", "frames must be JSON objects")
+    if sanitizer.may_need_cleaning(raw) and (found := sanitizer.find_problem(obj, "")) is not None:
+        where, what = found
+        code = {"text": "invalid_text", "key": "invalid_context", "value": "invalid_context"}
+        top = where.split(".", 1)[0].split("[", 1)[0]
+        raise FrameError(code.get(top, "invalid_frame"), f"`{sanitizer.clip(where, 200)}` {what}")
     kind = obj.get("event")
     if kind == "message":
         text = obj.get("text")

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.api.models import FeedQuery
+from gateway.api.operation import ApiRoute, parse_query
 from gateway.auth import Principal
 from gateway.bus.base import Subscription, SubscriptionClosed
 from gateway.codec import dumps, encode_event
@@ -71,8 +73,26 @@ class FeedChannel:
 
     def routes(self) -> list[BaseRoute]:
         return [
-            Route("/v1/events", self.all_events, methods=["GET"]),
-            Route("/v1/agents/{agent}/events", self.agent_events, methods=["GET"]),
+            ApiRoute(
+                "/v1/events",
+                self.all_events,
+                method="GET",
+                summary="Event feed (SSE) of every visible agent",
+                query=FeedQuery,
+                headers=("Last-Event-ID",),
+                produces="text/event-stream",
+                errors=(401, 403, 404),
+            ),
+            ApiRoute(
+                "/v1/agents/{agent}/events",
+                self.agent_events,
+                method="GET",
+                summary="Event feed (SSE) of one agent",
+                query=FeedQuery,
+                headers=("Last-Event-ID",),
+                produces="text/event-stream",
+                errors=(401, 403, 404),
+            ),
         ]
 
     async def _principal(self, request: Request) -> Principal:
@@ -93,38 +113,42 @@ class FeedChannel:
         return await self.rt.access.key(request)
 
     async def all_events(self, request: Request) -> Response | FeedStream:
+        q = parse_query(request, FeedQuery)
         principal = await self._principal(request)
-        wanted = _csv(request.query_params.get("agents"))
+        wanted = _csv(q.agents)
         if wanted is not None:
             for agent in wanted:
                 self.rt.access.agent(principal, agent)
-            return self._stream(request, principal, set(wanted), fixed=True)
+            return self._stream(request, q, principal, set(wanted), fixed=True)
         # Every agent the scope sees, including agents registered after the feed opened.
-        return self._stream(request, principal, set(self.rt.access.agents(principal)), fixed=False)
+        return self._stream(request, q, principal, set(self.rt.access.agents(principal)), fixed=False)
 
     async def agent_events(self, request: Request) -> Response | FeedStream:
+        q = parse_query(request, FeedQuery)
         agent = request.path_params["agent"]
         principal = await self._principal(request)
         self.rt.access.agent(principal, agent)
-        return self._stream(request, principal, {agent}, fixed=True)
+        return self._stream(request, q, principal, {agent}, fixed=True)
 
-    def _stream(self, request: Request, principal: Principal, agents: set[str], *, fixed: bool) -> FeedStream:
-        q = request.query_params
-        last = request.headers.get("last-event-id") or q.get("lastEventId")
+    def _stream(
+        self, request: Request, q: FeedQuery, principal: Principal, agents: set[str], *, fixed: bool
+    ) -> FeedStream:
+        header = request.headers.get("last-event-id")
+        last = header or (None if q.lastEventId is None else str(q.lastEventId))
         last_id: int | None = None
         if last is not None and last != "":
-            if not last.isdigit() or len(last) > 18:
+            if not (last.isascii() and last.isdigit()) or len(last) > 18:
                 raise BadRequest(
                     "Last-Event-ID must be a non-negative integer `seq`", code="invalid_last_event_id"
                 )
             last_id = int(last)
-        types = _csv(q.get("types"))
-        session = q.get("session")
+        types = _csv(q.types)
+        session = q.session
         if principal.session is not None:
             if session and session != principal.session:
                 raise NotFound(f"no session {session!r}", code="unknown_session")
             session = principal.session  # the scope's session, whatever the query says
-        tokens = q.get("tokens", "false").lower() in ("1", "true", "yes")
+        tokens = (q.tokens or "false").lower() in ("1", "true", "yes")
         access = self.rt.access
         flt = FeedFilter(
             agents=frozenset(agents),

@@ -23,6 +23,10 @@ log = logging.getLogger("gateway.twilio")
 PROVIDER = "twilio"  # outbox provider and endpoint prefix of messaging sessions
 VOICE = "twilio-voice"  # endpoint prefix of call sessions (no outbox: calls speak live)
 FORM_LIMIT = 65_536
+# How /openapi.json describes a Twilio webhook's body.
+TWILIO_FORM = {
+    "application/x-www-form-urlencoded": {"type": "object", "additionalProperties": {"type": "string"}}
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,15 +30,16 @@ from urllib.parse import urlencode
 from starlette.datastructures import ImmutableMultiDict
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 from twilio.twiml.messaging_response import MessagingResponse
 
-from channels.twilio.accounts import PROVIDER, Binding, TwilioAccounts, read_form
+from channels.twilio.accounts import PROVIDER, TWILIO_FORM, Binding, TwilioAccounts, read_form
 from channels.twilio.errors import OUTSIDE_WINDOW, TwilioError
 from channels.twilio.render import render_bodies
 from channels.twilio.signature import matching_token, public_url
 from channels.whatsapp.referral import from_twilio
 from channels.whatsapp.transcribe import TranscriptionError
+from gateway.api.operation import ApiRoute
 from gateway.codec import bounded
 from gateway.delivery import SendFailed, Template, endpoint_address
 from gateway.errors import BadRequest, Unauthorized
@@ -235,8 +236,26 @@ class TwilioMessaging:
 
     def routes(self) -> list[BaseRoute]:
         return [
-            Route("/twilio/messaging", self.inbound, methods=["POST"]),
-            Route(STATUS_PATH, self.status, methods=["POST"]),
+            ApiRoute(
+                "/twilio/messaging",
+                self.inbound,
+                method="POST",
+                summary="Twilio inbound SMS/MMS/WhatsApp webhook (X-Twilio-Signature); answers empty TwiML",
+                raw_body=TWILIO_FORM,
+                secured=False,
+                produces="text/xml",
+                errors=(400, 401, 413, 415),
+            ),
+            ApiRoute(
+                STATUS_PATH,
+                self.status,
+                method="POST",
+                summary="Twilio message status callback (X-Twilio-Signature)",
+                raw_body=TWILIO_FORM,
+                secured=False,
+                produces="text/xml",
+                errors=(400, 401, 413, 415),
+            ),
         ]
 
     # ------------------------------------------------------------ inbound

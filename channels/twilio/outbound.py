@@ -14,12 +14,13 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from channels.twilio.accounts import PROVIDER, Binding, TwilioAccounts
 from channels.twilio.messaging import CONTENT_SID, WHATSAPP_PREFIX, TwilioMessaging
 from gateway import ids
-from gateway.api.http import opt_str, read_json
+from gateway.api.models import TwilioStartRequest
+from gateway.api.operation import ApiRoute, parse_body
 from gateway.conversations import check_text
 from gateway.errors import BadRequest, Conflict
 from gateway.events import ContactRef, Event, now_ms
@@ -38,24 +39,34 @@ class TwilioOutbound:
         self.messaging = messaging
 
     def routes(self) -> list[BaseRoute]:
-        return [Route("/v1/agents/{agent}/twilio/messages", self.start, methods=["POST"])]
+        return [
+            ApiRoute(
+                "/v1/agents/{agent}/twilio/messages",
+                self.start,
+                method="POST",
+                summary="Start an SMS conversation (text) or a WhatsApp one (a Content template) via Twilio",
+                body=TwilioStartRequest,
+                ok=202,
+                errors=(401, 403, 404, 409, 413, 415, 502),
+            )
+        ]
 
     async def start(self, request: Request) -> JSONResponse:
         agent_id = request.path_params["agent"]
         principal = await self.rt.access.key(request)
         config = self.rt.access.agent(principal, agent_id)
-        body = await read_json(request, 65_536)
-        raw_to = opt_str(body, "to", max_len=64) or ""
+        body = await parse_body(request, TwilioStartRequest, limit=65_536)
+        raw_to = body.to
         whatsapp = raw_to.startswith(WHATSAPP_PREFIX)
         to = raw_to.removeprefix(WHATSAPP_PREFIX)
         if not E164.match(to):
             raise BadRequest(
                 "`to` must be an E.164 number (`+14155550123`, or `whatsapp:+14155550123`)", code="invalid_to"
             )
-        binding = self._sender(agent_id, opt_str(body, "from", max_len=64), whatsapp=whatsapp)
-        text = body.get("text")
-        content_sid = opt_str(body, "contentSid", max_len=64)
-        variables = body.get("contentVariables")
+        binding = self._sender(agent_id, body.from_, whatsapp=whatsapp)
+        text = body.text
+        content_sid = body.contentSid
+        variables = body.contentVariables
         if content_sid is not None and not CONTENT_SID.match(content_sid):
             raise BadRequest("`contentSid` is a Content template sid (HX + 32 hex)", code="invalid_template")
         if variables is not None and (content_sid is None or not isinstance(variables, dict)):
@@ -72,9 +83,7 @@ class TwilioOutbound:
             text = check_text(text, config.limits.max_text_chars)
         elif text is not None:
             raise BadRequest("send either `text` or `contentSid`, not both", code="invalid_template")
-        metadata = body.get("metadata")
-        if metadata is not None and not isinstance(metadata, dict):
-            raise BadRequest("`metadata` must be an object", code="invalid_metadata")
+        metadata = body.metadata
         channel = Channel.WHATSAPP if whatsapp else Channel.SMS
         session = await self.rt.service.start_session(
             agent_id=agent_id,

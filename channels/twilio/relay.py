@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from channels.twilio import relay_protocol as rp
 from gateway.bus.base import Subscription, SubscriptionClosed
@@ -165,6 +165,10 @@ class RelayConnection:
                 await self._handle(frame)
             except GatewayError as exc:  # e.g. the session ended under us: the call goes on
                 log.info("relay frame not applied: %s", exc.message, extra={"session_id": self.sid})
+            except (WebSocketDisconnect, OSError):
+                raise
+            except Exception:  # a bug must not end a live call: log it and listen on
+                log.exception("relay frame failed", extra={"session_id": self.sid})
 
     async def _bad_frame(self, problem: str) -> None:
         self._bad_frames += 1

@@ -23,17 +23,18 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from channels.twilio import relay_protocol as rp
 from channels.twilio import twiml
-from channels.twilio.accounts import VOICE, Binding, TwilioAccounts, read_form
+from channels.twilio.accounts import TWILIO_FORM, VOICE, Binding, TwilioAccounts, read_form
 from channels.twilio.errors import TwilioError
 from channels.twilio.relay import RelayConnection
 from channels.twilio.signature import matching_token, public_url
 from gateway import ids
-from gateway.api.http import opt_str, read_body, read_json
+from gateway.api.models import CallControlRequest, CallRequest
+from gateway.api.operation import ApiRoute, parse_body
 from gateway.calls import CALL_ACTIONS
 from gateway.errors import AgentError, BadRequest, Conflict, GatewayError, NotFound, Unauthorized
 from gateway.events import ContactRef, Event, now_ms
@@ -77,12 +78,55 @@ class TwilioVoice:
 
     def routes(self) -> list[BaseRoute]:
         return [
-            Route("/twilio/voice", self.incoming, methods=["POST"]),
-            Route("/twilio/voice/action", self.action, methods=["POST"]),
-            Route("/twilio/voice/status", self.status, methods=["POST"]),
+            ApiRoute(
+                "/twilio/voice",
+                self.incoming,
+                method="POST",
+                summary="Twilio incoming call: answers <Connect><ConversationRelay> TwiML (or <Reject/>)",
+                raw_body=TWILIO_FORM,
+                secured=False,
+                produces="text/xml",
+                errors=(400, 401, 413, 415),
+            ),
+            ApiRoute(
+                "/twilio/voice/action",
+                self.action,
+                method="POST",
+                summary="<Connect action> callback: <Dial> after a forward, <Hangup/>, or a relay reconnect",
+                raw_body=TWILIO_FORM,
+                secured=False,
+                produces="text/xml",
+                errors=(400, 401, 413, 415),
+            ),
+            ApiRoute(
+                "/twilio/voice/status",
+                self.status,
+                method="POST",
+                summary="Twilio call status callback: final statuses end the call's session",
+                raw_body=TWILIO_FORM,
+                secured=False,
+                ok=204,
+                errors=(400, 401, 413, 415),
+            ),
             WebSocketRoute("/twilio/relay", self.relay),
-            Route("/v1/calls", self.dial, methods=["POST"]),
-            Route("/v1/calls/{session_id}/{action}", self.control_route, methods=["POST"]),
+            ApiRoute(
+                "/v1/calls",
+                self.dial,
+                method="POST",
+                summary="Place an outbound phone call through Twilio",
+                body=CallRequest,
+                ok=201,
+                errors=(401, 403, 404, 409, 413, 415, 429, 502),
+            ),
+            ApiRoute(
+                "/v1/calls/{session_id}/{action}",
+                self.control_route,
+                method="POST",
+                summary="Steer a live call: hangup, forward {to}, digits {digits}, language {language}",
+                body=CallControlRequest,
+                body_required=False,
+                errors=(401, 404, 409, 413, 415, 502),
+            ),
         ]
 
     # ------------------------------------------------------------ webhooks
@@ -562,30 +606,25 @@ class TwilioVoice:
         principal = await self.rt.access.key(request)
         session_id, action = request.path_params["session_id"], request.path_params["action"]
         await self.rt.access.session(principal, session_id)
-        raw = await read_body(request, 65_536)
-        body = await read_json(request, 65_536, body=raw) if raw.strip() else {}  # no body: no arguments
-        return JSONResponse(await self.control(session_id, action, body))
+        body = await parse_body(request, CallControlRequest, limit=65_536)  # no body: no arguments
+        return JSONResponse(await self.control(session_id, action, body.model_dump(exclude_none=True)))
 
     # ------------------------------------------------------------ outbound
 
     async def dial(self, request: Request) -> JSONResponse:
         principal = await self.rt.access.key(request)
-        body = await read_json(request, 65_536)
-        agent_id = opt_str(body, "agent", max_len=64)
-        if not agent_id:
-            raise BadRequest("`agent` is required", code="missing_agent")
+        body = await parse_body(request, CallRequest, limit=65_536)
+        agent_id = body.agent
         config = self.rt.access.agent(principal, agent_id)
-        to = opt_str(body, "to", max_len=32)
-        if not to or not E164.match(to):
+        to = body.to
+        if not E164.match(to):
             raise BadRequest("`to` must be an E.164 number like +14155550123", code="invalid_to")
-        binding = self._caller_id(agent_id, opt_str(body, "from", max_len=32))
-        greeting = opt_str(body, "greeting", max_len=4096) or config.greeting
-        language = opt_str(body, "language", max_len=35)
+        binding = self._caller_id(agent_id, body.from_)
+        greeting = body.greeting or config.greeting
+        language = body.language
         if language is not None and not LANGUAGE.match(language):
             raise BadRequest("`language` must be a code like es-ES", code="invalid_language")
-        metadata = body.get("metadata")
-        if metadata is not None and not isinstance(metadata, dict):
-            raise BadRequest("`metadata` must be an object", code="invalid_metadata")
+        metadata = body.metadata
         base = self.rt.settings.server.public_url
         if not base:
             raise Conflict(

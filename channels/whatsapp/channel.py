@@ -24,7 +24,7 @@ import httpx
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from channels.whatsapp.client import GraphClient, template_payload, text_payload
 from channels.whatsapp.echoes import FIELD as ECHO_FIELD
@@ -36,7 +36,9 @@ from channels.whatsapp.referral import from_cloud
 from channels.whatsapp.render import bound_parts, split_message, to_whatsapp_markdown
 from channels.whatsapp.signature import verify_signature, verify_token_matches
 from channels.whatsapp.transcribe import TranscriptionError, transcribers_for
-from gateway.api.http import opt_str, read_body, read_json
+from gateway.api.http import read_body
+from gateway.api.models import HandshakeQuery, TemplateRequest, WhatsAppStartRequest
+from gateway.api.operation import ApiRoute, parse_body, parse_query
 from gateway.codec import bounded
 from gateway.delivery import SendFailed, Template, TemplateSender, endpoint_address, provider_of
 from gateway.errors import BadRequest, ConfigError, Conflict, Unauthorized
@@ -120,20 +122,51 @@ class WhatsAppChannel:
 
     def routes(self) -> list[BaseRoute]:
         return [
-            Route("/whatsapp/webhook", self.handshake, methods=["GET"]),
-            Route("/whatsapp/webhook", self.webhook, methods=["POST"]),
-            Route("/v1/sessions/{session_id}/template", self.send_template, methods=["POST"]),
-            Route("/v1/agents/{agent}/whatsapp/messages", self.start_conversation, methods=["POST"]),
+            ApiRoute(
+                "/whatsapp/webhook",
+                self.handshake,
+                method="GET",
+                summary="Meta subscription handshake (hub.verify_token)",
+                query=HandshakeQuery,
+                secured=False,
+                produces="text/plain",
+                errors=(403,),
+            ),
+            ApiRoute(
+                "/whatsapp/webhook",
+                self.webhook,
+                method="POST",
+                summary="WhatsApp Cloud API webhook (X-Hub-Signature-256)",
+                raw_body={"application/json": {"type": "object"}},
+                secured=False,
+                errors=(400, 401, 413),
+            ),
+            ApiRoute(
+                "/v1/sessions/{session_id}/template",
+                self.send_template,
+                method="POST",
+                summary="Send an approved template (WhatsApp Cloud API, or a Twilio Content template)",
+                body=TemplateRequest,
+                ok=202,
+                errors=(401, 404, 409, 413, 415),
+            ),
+            ApiRoute(
+                "/v1/agents/{agent}/whatsapp/messages",
+                self.start_conversation,
+                method="POST",
+                summary="Start a WhatsApp conversation with a template",
+                body=WhatsAppStartRequest,
+                ok=202,
+                errors=(401, 403, 404, 413, 415),
+            ),
         ]
 
     # ------------------------------------------------------------ inbound
 
     async def handshake(self, request: Request) -> Response:
-        q = request.query_params
-        if q.get("hub.mode") == "subscribe" and verify_token_matches(
-            q.get("hub.verify_token"), self.verify_tokens
-        ):
-            return PlainTextResponse(q.get("hub.challenge", ""))
+        q = parse_query(request, HandshakeQuery)
+        if q.mode == "subscribe" and verify_token_matches(q.verify_token, self.verify_tokens):
+            return PlainTextResponse(q.challenge or "")
         return PlainTextResponse("verify token mismatch", status_code=403)
 
     async def webhook(self, request: Request) -> Response:
@@ -559,8 +592,8 @@ class WhatsAppChannel:
             )
         if not session.active:
             raise Conflict(f"session {session.id} has ended", code="session_ended")
-        body = await read_json(request, 65_536)
-        message_id = await self.rt.service.send_template(session, sender.template(session, body))
+        body = await parse_body(request, TemplateRequest, limit=65_536)
+        message_id = await self.rt.service.send_template(session, sender.template(session, body.spec()))
         return JSONResponse(
             {"sessionId": session.id, "messageId": message_id, "status": "queued"}, status_code=202
         )
@@ -569,31 +602,23 @@ class WhatsAppChannel:
         agent_id = request.path_params["agent"]
         principal = await self.rt.access.key(request)
         agent = self.rt.access.agent(principal, agent_id)
-        body = await read_json(request, 65_536)
-        to = opt_str(body, "to", max_len=140)
+        body = await parse_body(request, WhatsAppStartRequest, limit=65_536)
+        to = body.to.lstrip("+")
         if not to:
             raise BadRequest("`to` (the contact's WhatsApp number or user id) is required", code="missing_to")
-        to = to.lstrip("+")
-        pnid = opt_str(body, "phoneNumberId", max_len=32) or (
-            agent.whatsapp[0].phone_number_id if agent.whatsapp else None
-        )
+        pnid = body.phoneNumberId or (agent.whatsapp[0].phone_number_id if agent.whatsapp else None)
         if pnid is None or pnid not in self.numbers or self.numbers[pnid].agent_id != agent_id:
             raise BadRequest(f"agent {agent_id!r} has no WhatsApp number {pnid!r}", code="unknown_number")
-        if not isinstance(body.get("template"), dict):
-            raise BadRequest(
-                "a conversation is started with a `template` {name, language, components?}",
-                code="template_required",
-            )
-        _template(body["template"])  # refuse a bad template before any session exists
+        spec = body.template.spec()
+        _template(spec)  # refuse a bad template before any session exists
         session = await self.rt.service.start_session(
             agent_id=agent_id,
             channel=Channel.WHATSAPP,
             contact=ContactRef(channel=Channel.WHATSAPP, address=to),
             direction="outbound",
-            metadata=body.get("metadata") if isinstance(body.get("metadata"), dict) else None,
+            metadata=body.metadata,
             endpoint=f"{PROVIDER}:{pnid}",
         )
-        spec = body["template"] if isinstance(body["template"], dict) else {}
         message_id = await self.rt.service.send_template(session, self.template(session, spec))
         return JSONResponse(
             {"sessionId": session.id, "messageId": message_id, "status": "queued"}, status_code=202

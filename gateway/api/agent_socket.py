@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import Any
 
@@ -18,7 +17,7 @@ from pydantic import ValidationError
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from gateway import ids
+from gateway import ids, sanitizer
 from gateway.agents.remote import ProcessHub, ProcessLink, ReplyItem
 from gateway.auth import Principal
 from gateway.bus.base import Subscription, SubscriptionClosed
@@ -63,11 +62,14 @@ def decode_frame(raw: str | bytes, *, max_bytes: int) -> tuple[dict[str, Any], s
     if len(raw) > max_bytes:
         raise FrameError("frame_too_large", f"frames are limited to {max_bytes} bytes")
     try:
-        frame = json.loads(raw)
+        frame = sanitizer.parse_json(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise FrameError("invalid_json", "frames must be JSON objects") from None
     if not isinstance(frame, dict):
         raise FrameError("invalid_frame", "frames must be JSON objects")
+    if sanitizer.may_need_cleaning(raw) and (found := sanitizer.find_problem(frame, "")) is not None:
+        where, what = found  # nothing unsafe reaches the store (sanitizer.py says why)
+        raise FrameError("invalid_frame", f"`{sanitizer.clip(where, 200)}` {what}")
     request_id = frame.get("request_id")
     if request_id is not None and (not isinstance(request_id, str) or len(request_id) > 64):
         raise FrameError("invalid_frame", "`request_id` must be a string of at most 64 characters")
@@ -175,6 +177,12 @@ class AgentConnection:
                 await self._error(exc.code, exc.message, request_id)
             except GatewayError as exc:
                 await self._error(exc.code, exc.message, request_id)
+            except (WebSocketDisconnect, ConnectionError, OSError):
+                raise
+            except Exception:
+                # A bug must not drop the process's connection: say so, log it, read on.
+                log.exception("agent frame failed")
+                await self._error("internal", "internal error (a bug: it has been logged)", request_id)
 
     async def _error(self, code: str, message: str, request_id: Any) -> None:
         out: dict[str, Any] = {"event": "error", "code": code, "message": message}
@@ -246,9 +254,9 @@ class AgentConnection:
             ) from None
         last_seq = frame.get("last_seq")
         if last_seq is not None and (
-            not isinstance(last_seq, int) or isinstance(last_seq, bool) or last_seq < 0
+            not isinstance(last_seq, int) or isinstance(last_seq, bool) or not 0 <= last_seq < 2**63
         ):
-            raise FrameError("invalid_frame", "`last_seq` must be a non-negative integer")
+            raise FrameError("invalid_frame", "`last_seq` must be a non-negative 64-bit integer")
         config = await self.registrations.check(self.principal, agent_id, config)
         first = agent_id not in self.agents
         self.agents[agent_id] = None  # live events for it are buffered until the replay is sent

@@ -9,7 +9,9 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway import sanitizer
 from gateway.errors import BadRequest, GatewayError, PayloadTooLarge, RateLimited
 
 log = logging.getLogger("gateway.api")
@@ -48,11 +50,16 @@ async def read_json(request: Request, limit: int, *, body: bytes | None = None) 
     if body is None:
         body = await read_body(request, limit)
     try:
-        obj = json.loads(body) if body else None
+        obj = sanitizer.parse_json(body) if body else None
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadRequest("the body is not valid JSON", code="invalid_json") from None
     if not isinstance(obj, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_json")
+    # Nothing unsafe anywhere in a body, whatever reads it later (sanitizer.py says why).
+    found = sanitizer.find_problem(obj, "")
+    if found is not None:
+        where, what = found
+        raise BadRequest(f"`{sanitizer.clip(where, 200)}` {what}", code="invalid_field")
     return obj
 
 
@@ -96,3 +103,36 @@ async def on_http_error(_request: Request, exc: Exception) -> Response:
 async def on_crash(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error(500, "internal", "internal error (a bug: it has been logged)")
+
+
+class CrashGuard:
+    """The last resort: an exception no handler took becomes a logged JSON 500.
+
+    Starlette's own last-resort handler answers the 500 and then re-raises, and
+    uvicorn answers a re-raised exception by closing the connection: a client on
+    keep-alive would lose it for one bad request. Here the exception ends with the
+    answer. (A response already under way cannot be repaired; it is cut.)
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tap(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tap)
+        except Exception as exc:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
+            if started:
+                raise
+            await error(500, "internal", "internal error (a bug: it has been logged)")(scope, receive, send)

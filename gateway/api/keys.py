@@ -10,9 +10,10 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
-from gateway.api.http import opt_str, read_json
+from gateway.api.models import KeyListQuery, KeyRequest
+from gateway.api.operation import ApiRoute, parse_body, parse_query
 from gateway.errors import BadRequest, NotFound
 from gateway.runtime import Runtime
 from gateway.store.records import ApiKeyRecord
@@ -41,9 +42,30 @@ class KeyRoutes:
 
     def routes(self) -> list[BaseRoute]:
         return [
-            Route("/v1/keys", self.create, methods=["POST"]),
-            Route("/v1/keys", self.list, methods=["GET"]),
-            Route("/v1/keys/{key_id}", self.revoke, methods=["DELETE"]),
+            ApiRoute(
+                "/v1/keys",
+                self.create,
+                method="POST",
+                summary="Create an API key (admin keys only); the key is in this answer only",
+                body=KeyRequest,
+                ok=201,
+                errors=(401, 404, 413, 415),
+            ),
+            ApiRoute(
+                "/v1/keys",
+                self.list,
+                method="GET",
+                summary="List API keys (admin keys only)",
+                query=KeyListQuery,
+                errors=(401, 404),
+            ),
+            ApiRoute(
+                "/v1/keys/{key_id}",
+                self.revoke,
+                method="DELETE",
+                summary="Revoke an API key (admin keys only)",
+                errors=(401, 404),
+            ),
         ]
 
     async def _admin(self, request: Request) -> None:
@@ -53,31 +75,20 @@ class KeyRoutes:
 
     async def create(self, request: Request) -> JSONResponse:
         await self._admin(request)
-        body = await read_json(request, 16_384)
-        name = opt_str(body, "name", max_len=128)
-        if name is None:
-            raise BadRequest("`name` is required", code="missing_name")
-        tenant = opt_str(body, "tenant", max_len=64)
+        body = await parse_body(request, KeyRequest, limit=16_384)
+        name, tenant, agents = body.name, body.tenant, body.agents
         if tenant is not None and not SLUG.match(tenant):
             raise BadRequest("`tenant` is letters, digits, '-', '_' and '.'", code="invalid_tenant")
-        agents = body.get("agents")
-        if agents is not None and (
-            not isinstance(agents, list)
-            or len(agents) > 1000
-            or not all(isinstance(a, str) and SLUG.match(a) for a in agents)
-        ):
+        if agents is not None and not all(SLUG.match(a) for a in agents):
             raise BadRequest("`agents` must be a list of agent ids", code="invalid_agents")
-        flags = {k: body.get(k, False) for k in ("readOnly", "admin")}
-        if not all(isinstance(v, bool) for v in flags.values()):
-            raise BadRequest("`readOnly` and `admin` are booleans", code="invalid_field")
         key, record = await self.rt.auth.create_key(
-            name, tenant, agents=agents, read_only=flags["readOnly"], admin=flags["admin"]
+            name, tenant, agents=agents, read_only=body.readOnly, admin=body.admin
         )
         return JSONResponse({"key": key, **key_json(record)}, status_code=201)
 
     async def list(self, request: Request) -> JSONResponse:
         await self._admin(request)
-        tenant = request.query_params.get("tenant")
+        tenant = parse_query(request, KeyListQuery).tenant
         keys = [k for k in await self.rt.store.api_keys() if tenant is None or k.tenant == tenant]
         return JSONResponse({"keys": [key_json(k) for k in keys]})
 

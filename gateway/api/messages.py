@@ -14,12 +14,14 @@ from typing import Any
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
-from gateway.api.http import error, opt_dict, opt_str, read_json
+from gateway.api.http import error
+from gateway.api.models import ContactObject, MessageRequest
+from gateway.api.operation import ApiRoute, parse_body
 from gateway.bus.base import Subscription, SubscriptionClosed
 from gateway.conversations import check_text
-from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.errors import Conflict, NotFound
 from gateway.events import ContactRef, InboundMessage
 from gateway.runtime import Runtime
 from gateway.store.records import SessionRecord
@@ -34,18 +36,28 @@ class MessageRoutes:
         self.rt = runtime
 
     def routes(self) -> list[BaseRoute]:
-        return [Route("/v1/agents/{agent}/messages", self.post, methods=["POST"])]
+        return [
+            ApiRoute(
+                "/v1/agents/{agent}/messages",
+                self.post,
+                method="POST",
+                summary="Send a user message; the reply streams as SSE (Accept: text/event-stream) "
+                "or returns as JSON",
+                body=MessageRequest,
+                errors=(401, 403, 404, 409, 413, 415, 502, 504),
+            )
+        ]
 
     async def post(self, request: Request) -> Response:
         rt = self.rt
         agent = request.path_params["agent"]
         principal = await rt.access.key(request)
         config = rt.access.agent(principal, agent)
-        body = await read_json(request, rt.settings.server.max_body_bytes)
-        text = check_text(body.get("text"), config.limits.max_text_chars)
-        session_id = opt_str(body, "sessionId", max_len=64)
-        metadata = opt_dict(body, "metadata")
-        contact = _contact(body.get("contact"))
+        body = await parse_body(request, MessageRequest, limit=rt.settings.server.max_body_bytes)
+        text = check_text(body.text, config.limits.max_text_chars)
+        session_id = body.sessionId
+        metadata = body.metadata or {}
+        contact = _contact(body.contact)
         session = await self._session(agent, session_id, contact, metadata)
         # Subscribe before the message is stored, so no token of its reply is missed.
         sub_cm = rt.bus.subscribe_session(session.id, 10_000)
@@ -132,17 +144,12 @@ class MessageRoutes:
             await sub_cm.__aexit__(None, None, None)
 
 
-def _contact(value: Any) -> ContactRef | None:
+def _contact(value: str | ContactObject | None) -> ContactRef | None:
     if value is None:
         return None
-    if isinstance(value, str) and 0 < len(value) <= 128:
+    if isinstance(value, str):
         return ContactRef(channel=Channel.API, address=value)
-    if isinstance(value, dict) and isinstance(value.get("id"), str) and 0 < len(value["id"]) <= 128:
-        name = value.get("name")
-        return ContactRef(
-            channel=Channel.API, address=value["id"], name=name if isinstance(name, str) else None
-        )
-    raise BadRequest("`contact` must be an id string or {id, name?}", code="invalid_contact")
+    return ContactRef(channel=Channel.API, address=value.id, name=value.name)
 
 
 async def _reply(sub: Subscription, message_id: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:

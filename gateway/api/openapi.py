@@ -1,73 +1,60 @@
-"""The OpenAPI document for the REST surface (WebSocket and SSE frames: docs/protocol.md)."""
+"""The OpenAPI document, generated from the app's own routes and request models.
+
+Every `ApiRoute` contributes its operation: path parameters, the query model's
+fields as parameters, the body model as the request body, its responses. Nothing
+here is written by hand, so the document says what the routes accept.
+(WebSocket and SSE frames: docs/protocol.md.)
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from gateway import __version__
+from starlette.routing import BaseRoute
 
-_ERR = {"$ref": "#/components/responses/Error"}
-_KEY: list[dict[str, list[str]]] = [{"apiKey": []}]
+from gateway import __version__, sanitizer
+from gateway.api.models import ApiModel
+from gateway.api.operation import ApiRoute, Operation
+
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    202: "Accepted",
+    204: "No Content",
+    400: "Malformed input: the message names the field",
+    401: "Missing or invalid credentials",
+    403: "Not allowed for this credential",
+    404: "Not found",
+    409: "Conflict with the session's state",
+    413: "Body too large",
+    415: "Unsupported media type",
+    429: "Rate limited by the provider",
+    500: "A bug (logged)",
+    502: "The agent or the provider failed",
+    503: "Not ready",
+    504: "No reply in time",
+}
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
 
 
-def _op(
-    summary: str,
-    *,
-    secured: bool = True,
-    body: dict[str, Any] | None = None,
-    params: list[dict[str, Any]] | None = None,
-    ok: str = "200",
-    errors: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {ok: {"description": "OK"}}}
-    for code in errors:
-        op["responses"][code] = _ERR
-    if secured:
-        op["security"] = _KEY
-    if body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-    if params:
-        op["parameters"] = params
-    return op
-
-
-def _q(name: str, kind: str = "string") -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": {"type": kind}}
-
-
-def _p(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-
-
-def openapi_document() -> dict[str, Any]:
-    token_body = {
-        "type": "object",
-        "required": ["agent"],
-        "properties": {
-            "channel": {"enum": ["chat", "stream"]},
-            "agent": {"type": "string"},
-            "metadata": {"type": "object"},
-            "sessionId": {"type": "string"},
-        },
-    }
-    message_body = {
-        "type": "object",
-        "required": ["text"],
-        "properties": {
-            "text": {"type": "string", "maxLength": 4096},
-            "sessionId": {"type": "string"},
-            "contact": {"oneOf": [{"type": "string"}, {"type": "object"}]},
-            "metadata": {"type": "object"},
-        },
-    }
-    feed_params = [
-        _q("agents"),
-        _q("session"),
-        _q("types"),
-        _q("tokens", "boolean"),
-        _q("token"),
-        _q("lastEventId", "integer"),
-    ]
+def openapi_document(routes: Iterable[BaseRoute]) -> dict[str, Any]:
+    schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA}
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        if isinstance(route, ApiRoute):
+            paths.setdefault(route.path, {})[route.operation.method] = _operation(route.operation, schemas)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -77,264 +64,80 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+            "schemas": dict(sorted(schemas.items())),
             "responses": {
                 "Error": {
                     "description": "Error",
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {
-                                    "error": {
-                                        "type": "object",
-                                        "properties": {
-                                            "code": {"type": "string"},
-                                            "message": {"type": "string"},
-                                        },
-                                    }
-                                },
-                            }
-                        }
-                    },
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
                 }
             },
         },
-        "paths": {
-            "/v1/tokens": {
-                "post": _op(
-                    "Mint a single-use browser token (API key, or an allowed Origin)",
-                    secured=False,
-                    body=token_body,
-                    ok="201",
-                    errors=("400", "401", "403", "404", "413"),
-                )
-            },
-            "/v1/events": {
-                "get": _op(
-                    "Event feed (SSE) of every visible agent",
-                    params=feed_params,
-                    errors=("400", "401", "403", "404"),
-                )
-            },
-            "/v1/agents/{agent}/events": {
-                "get": _op(
-                    "Event feed (SSE) of one agent",
-                    params=[_p("agent"), *feed_params],
-                    errors=("400", "401", "403", "404"),
-                )
-            },
-            "/v1/agents/{agent}/messages": {
-                "post": _op(
-                    "Send a user message; the reply streams as SSE (Accept: text/event-stream) "
-                    "or returns as JSON",
-                    body=message_body,
-                    params=[_p("agent")],
-                    errors=("400", "401", "403", "404", "409", "413", "502"),
-                )
-            },
-            "/v1/sessions": {
-                "get": _op(
-                    "List sessions (keyset pagination)",
-                    params=[
-                        _q("agent"),
-                        _q("contact"),
-                        _q("channel"),
-                        _q("status"),
-                        _q("paused", "boolean"),
-                        _q("since", "integer"),
-                        _q("until", "integer"),
-                        _q("limit", "integer"),
-                        _q("cursor"),
-                    ],
-                    errors=("400", "401"),
-                )
-            },
-            "/v1/sessions/{session_id}": {
-                "get": _op(
-                    "A session with its transcript and messages",
-                    params=[_p("session_id")],
-                    errors=("401", "404"),
-                ),
-                "delete": _op(
-                    "Erase a session's content, leaving a tombstone",
-                    params=[_p("session_id")],
-                    errors=("401", "404"),
-                ),
-            },
-            "/v1/sessions/{session_id}/pricing": {
-                "get": _op(
-                    "What the session's sent WhatsApp messages cost: counts by pricing category and type",
-                    params=[_p("session_id")],
-                    errors=("401", "404"),
-                )
-            },
-            "/v1/agents/{agent}/pricing": {
-                "get": _op(
-                    "What the agent's sent WhatsApp messages cost: counts by pricing category and type",
-                    params=[_p("agent"), _q("since", "integer"), _q("until", "integer")],
-                    errors=("400", "401", "403", "404"),
-                )
-            },
-            "/v1/sessions/{session_id}/pause": {
-                "post": _op(
-                    "Take over: pause the AI on this session",
-                    params=[_p("session_id")],
-                    errors=("401", "404", "409"),
-                )
-            },
-            "/v1/sessions/{session_id}/resume": {
-                "post": _op("Hand back to the AI", params=[_p("session_id")], errors=("401", "404", "409"))
-            },
-            "/v1/sessions/{session_id}/messages": {
-                "post": _op(
-                    "Send a message as a human on the session's channel",
-                    ok="201",
-                    params=[_p("session_id")],
-                    body={
-                        "type": "object",
-                        "required": ["text"],
-                        "properties": {"text": {"type": "string"}, "author": {"type": "string"}},
-                    },
-                    errors=("400", "401", "404", "409", "415"),
-                )
-            },
-            "/v1/agents/{agent}/pause": {
-                "post": _op(
-                    "Pause an agent, or one contact with it (`contact`)",
-                    params=[_p("agent")],
-                    errors=("400", "401", "403", "404"),
-                )
-            },
-            "/v1/agents/{agent}/resume": {
-                "post": _op(
-                    "Resume an agent (every level) or one contact",
-                    params=[_p("agent")],
-                    errors=("400", "401", "403", "404"),
-                )
-            },
-            "/v1/contacts/{contact}/sessions": {
-                "get": _op("A contact's sessions", params=[_p("contact")], errors=("401",))
-            },
-            "/v1/sessions/{session_id}/template": {
-                "post": _op(
-                    "Send an approved WhatsApp template (inside or outside the 24-hour window)",
-                    ok="202",
-                    params=[_p("session_id")],
-                    errors=("400", "401", "404", "409", "415"),
-                )
-            },
-            "/v1/agents/{agent}/whatsapp/messages": {
-                "post": _op(
-                    "Start a WhatsApp conversation with a template",
-                    ok="202",
-                    params=[_p("agent")],
-                    errors=("400", "401", "403", "404", "415"),
-                )
-            },
-            "/whatsapp/webhook": {
-                "get": _op("Meta subscription handshake (hub.verify_token)", secured=False, errors=("403",)),
-                "post": _op(
-                    "WhatsApp Cloud API webhook (X-Hub-Signature-256)",
-                    secured=False,
-                    errors=("400", "401", "413"),
-                ),
-            },
-            "/twilio/messaging": {
-                "post": _op(
-                    "Twilio inbound SMS/MMS/WhatsApp webhook (X-Twilio-Signature); answers empty TwiML",
-                    secured=False,
-                    errors=("400", "401", "413", "415"),
-                )
-            },
-            "/twilio/messaging/status": {
-                "post": _op(
-                    "Twilio message status callback (X-Twilio-Signature)",
-                    secured=False,
-                    errors=("400", "401", "415"),
-                )
-            },
-            "/twilio/voice": {
-                "post": _op(
-                    "Twilio incoming call: answers <Connect><ConversationRelay> TwiML (or <Reject/>)",
-                    secured=False,
-                    errors=("400", "401", "415"),
-                )
-            },
-            "/twilio/voice/action": {
-                "post": _op(
-                    "<Connect action> callback: <Dial> after a forward, <Hangup/>, or a relay reconnect",
-                    secured=False,
-                    errors=("401", "415"),
-                )
-            },
-            "/twilio/voice/status": {
-                "post": _op(
-                    "Twilio call status callback: final statuses end the call's session",
-                    secured=False,
-                    ok="204",
-                    errors=("400", "401", "415"),
-                )
-            },
-            "/v1/agents/{agent}/twilio/messages": {
-                "post": _op(
-                    "Start an SMS conversation (text) or a WhatsApp one (a Content template) via Twilio",
-                    ok="202",
-                    params=[_p("agent")],
-                    errors=("400", "401", "403", "404", "409", "415"),
-                )
-            },
-            "/v1/calls": {
-                "post": _op(
-                    "Place an outbound phone call through Twilio",
-                    ok="201",
-                    body={
-                        "type": "object",
-                        "required": ["agent", "to"],
-                        "properties": {
-                            "agent": {"type": "string"},
-                            "to": {"type": "string", "pattern": "^\\+[1-9][0-9]{4,15}$"},
-                            "from": {"type": "string"},
-                            "greeting": {"type": "string"},
-                            "language": {"type": "string"},
-                            "metadata": {"type": "object"},
-                        },
-                    },
-                    errors=("400", "401", "403", "404", "409", "415", "429", "502"),
-                )
-            },
-            "/v1/calls/{session_id}/{action}": {
-                "post": _op(
-                    "Steer a live call: hangup, forward {to}, digits {digits}, language {language}",
-                    params=[_p("session_id"), _p("action")],
-                    errors=("400", "401", "404", "409", "415"),
-                )
-            },
-            "/v1/keys": {
-                "post": _op(
-                    "Create an API key (admin keys only); the key is in this answer only",
-                    body={
-                        "type": "object",
-                        "required": ["name"],
-                        "properties": {
-                            "name": {"type": "string"},
-                            "tenant": {"type": "string"},
-                            "agents": {"type": "array", "items": {"type": "string"}},
-                            "readOnly": {"type": "boolean"},
-                            "admin": {"type": "boolean"},
-                        },
-                    },
-                    ok="201",
-                    errors=("400", "401", "403", "404", "429"),
-                ),
-                "get": _op("List API keys (admin keys only)", params=[_q("tenant")], errors=("401", "404")),
-            },
-            "/v1/keys/{key_id}": {
-                "delete": _op(
-                    "Revoke an API key (admin keys only)", params=[_p("key_id")], errors=("401", "404")
-                )
-            },
-            "/healthz": {"get": _op("Liveness", secured=False)},
-            "/readyz": {"get": _op("Readiness: database and bus reachable", secured=False, errors=("503",))},
-            "/metrics": {"get": _op("Prometheus metrics", secured=False)},
-        },
+        "paths": paths,
     }
+
+
+def _operation(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
+    ok: dict[str, Any] = {"description": _REASONS.get(op.ok, "OK")}
+    if op.ok != 204:
+        ok["content"] = {op.produces: {"schema": {}}}
+    out: dict[str, Any] = {"summary": op.summary, "responses": {str(op.ok): ok}}
+    for status in op.errors:
+        out["responses"][str(status)] = {"$ref": "#/components/responses/Error"}
+    if op.secured:
+        out["security"] = [{"apiKey": []}]
+    params: list[dict[str, Any]] = [
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "minLength": 1, "maxLength": sanitizer.MAX_ID},
+        }
+        for name in op.path_params
+    ]
+    if op.query is not None:
+        params.extend(_query_params(op.query, schemas))
+    params.extend(
+        {"name": header, "in": "header", "required": False, "schema": {"type": "string"}}
+        for header in op.headers
+    )
+    if params:
+        out["parameters"] = params
+    if op.body is not None:
+        ref = _model(op.body, schemas)
+        out["requestBody"] = {"required": op.body_required, "content": {"application/json": {"schema": ref}}}
+    elif op.raw_body is not None:
+        out["requestBody"] = {
+            "required": True,
+            "content": {media: {"schema": schema} for media, schema in op.raw_body.items()},
+        }
+    return out
+
+
+def _model(model: type[ApiModel], schemas: dict[str, Any]) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(schema.pop("$defs", {}))
+    schemas[model.__name__] = schema
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _query_params(model: type[ApiModel], schemas: dict[str, Any]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(schema.pop("$defs", {}))
+    required = set(schema.get("required", []))
+    out = []
+    for name, prop in schema.get("properties", {}).items():
+        prop = dict(prop)
+        description = prop.pop("description", None)
+        prop.pop("title", None)
+        # `X | None` is "may be absent" in a query string, not a JSON null.
+        variants = prop.pop("anyOf", None)
+        if variants is not None:
+            real = [v for v in variants if v.get("type") != "null"]
+            prop = {**prop, **real[0]} if len(real) == 1 else {**prop, "anyOf": real}
+        if prop.get("default", 0) is None:
+            prop.pop("default")
+        param: dict[str, Any] = {"name": name, "in": "query", "required": name in required, "schema": prop}
+        if description:
+            param["description"] = description
+        out.append(param)
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import html
 from pathlib import Path
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -12,6 +13,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway.api.openapi import openapi_document
+from gateway.api.operation import ApiRoute
 from gateway.auth import origin_allowed
 from gateway.runtime import Runtime
 
@@ -22,13 +24,28 @@ class OpsRoutes:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self._demo_html: str | None = None
+        self._openapi: dict[str, Any] | None = None
 
     def routes(self) -> list[BaseRoute]:
         return [
-            Route("/healthz", self.healthz, methods=["GET"]),
-            Route("/readyz", self.readyz, methods=["GET"]),
-            Route("/metrics", self.metrics, methods=["GET"]),
-            Route("/openapi.json", self.openapi, methods=["GET"]),
+            ApiRoute("/healthz", self.healthz, method="GET", summary="Liveness", secured=False),
+            ApiRoute(
+                "/readyz",
+                self.readyz,
+                method="GET",
+                summary="Readiness: database and bus reachable",
+                secured=False,
+                errors=(503,),
+            ),
+            ApiRoute(
+                "/metrics",
+                self.metrics,
+                method="GET",
+                summary="Prometheus metrics",
+                secured=False,
+                produces="text/plain",
+            ),
+            ApiRoute("/openapi.json", self.openapi, method="GET", summary="This document", secured=False),
             Route("/", self.demo, methods=["GET"]),
             Route("/console", self.console, methods=["GET"]),
             Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
@@ -56,8 +73,10 @@ class OpsRoutes:
     async def metrics(self, _request: Request) -> Response:
         return Response(self.rt.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    async def openapi(self, _request: Request) -> JSONResponse:
-        return JSONResponse(openapi_document())
+    async def openapi(self, request: Request) -> JSONResponse:
+        if self._openapi is None:
+            self._openapi = openapi_document(request.app.routes)
+        return JSONResponse(self._openapi)
 
     async def console(self, _request: Request) -> FileResponse:
         return FileResponse(STATIC / "console.html", headers={"cache-control": "no-cache"})

@@ -4,20 +4,11 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
-from gateway.errors import BadRequest
+from gateway.api.models import PricingQuery
+from gateway.api.operation import ApiRoute, parse_query
 from gateway.runtime import Runtime
-
-
-def _int(request: Request, key: str) -> int | None:
-    value = request.query_params.get(key)
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise BadRequest(f"`{key}` must be an integer (epoch ms)", code="invalid_query") from None
 
 
 class PricingRoutes:
@@ -26,8 +17,21 @@ class PricingRoutes:
 
     def routes(self) -> list[BaseRoute]:
         return [
-            Route("/v1/sessions/{session_id}/pricing", self.session, methods=["GET"]),
-            Route("/v1/agents/{agent}/pricing", self.agent, methods=["GET"]),
+            ApiRoute(
+                "/v1/sessions/{session_id}/pricing",
+                self.session,
+                method="GET",
+                summary="What the session's sent WhatsApp messages cost: counts by pricing category and type",
+                errors=(401, 404),
+            ),
+            ApiRoute(
+                "/v1/agents/{agent}/pricing",
+                self.agent,
+                method="GET",
+                summary="What the agent's sent WhatsApp messages cost: counts by pricing category and type",
+                query=PricingQuery,
+                errors=(401, 403, 404),
+            ),
         ]
 
     async def session(self, request: Request) -> JSONResponse:
@@ -41,6 +45,7 @@ class PricingRoutes:
         principal = await self.rt.access.key(request)
         agent_id = request.path_params["agent"]
         self.rt.access.agent(principal, agent_id)
-        since, until = _int(request, "since"), _int(request, "until")
+        q = parse_query(request, PricingQuery)
+        since, until = q.since, q.until
         summary = await self.rt.store.pricing.summary(agent_id=agent_id, since=since, until=until)
         return JSONResponse({"agent": agent_id, "since": since, "until": until, **summary})

@@ -8,14 +8,15 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
+from gateway import sanitizer
+from gateway.api.models import INT64_MAX, INT64_MIN, SessionListQuery
+from gateway.api.operation import ApiRoute, parse_query
 from gateway.errors import BadRequest
 from gateway.runtime import Runtime
 from gateway.store.records import MessageRecord, SessionRecord
 from gateway.store.sql import SessionQuery
-
-MAX_LIMIT = 200
 
 
 def session_json(s: SessionRecord) -> dict[str, Any]:
@@ -88,20 +89,14 @@ def _cursor(value: str | None) -> tuple[int, str] | None:
     if not value:
         return None
     try:
-        at, _, sid = base64.urlsafe_b64decode(value.encode() + b"==").decode().partition(":")
-        return int(at), sid
+        at, sep, sid = base64.urlsafe_b64decode(value.encode() + b"==").decode().partition(":")
+        started = int(at)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise BadRequest("invalid `cursor`", code="invalid_cursor") from None
-
-
-def _int(q: Any, key: str, default: int | None = None) -> int | None:
-    value = q.get(key)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise BadRequest(f"`{key}` must be an integer", code="invalid_query") from None
+    # A cursor is ours, but a client can forge one: it must fit the columns it is compared with.
+    if not sep or not INT64_MIN <= started <= INT64_MAX or len(sid) > 64 or sanitizer.problem(sid):
+        raise BadRequest("invalid `cursor`", code="invalid_cursor")
+    return started, sid
 
 
 class SessionRoutes:
@@ -110,32 +105,45 @@ class SessionRoutes:
 
     def routes(self) -> list[BaseRoute]:
         return [
-            Route("/v1/sessions", self.list, methods=["GET"]),
-            Route("/v1/sessions/{session_id}", self.get, methods=["GET"]),
-            Route("/v1/sessions/{session_id}", self.delete, methods=["DELETE"]),
+            ApiRoute(
+                "/v1/sessions",
+                self.list,
+                method="GET",
+                summary="List sessions (keyset pagination)",
+                query=SessionListQuery,
+                errors=(401,),
+            ),
+            ApiRoute(
+                "/v1/sessions/{session_id}",
+                self.get,
+                method="GET",
+                summary="A session with its transcript and messages",
+                errors=(401, 404),
+            ),
+            ApiRoute(
+                "/v1/sessions/{session_id}",
+                self.delete,
+                method="DELETE",
+                summary="Erase a session's content, leaving a tombstone",
+                errors=(401, 404),
+            ),
         ]
 
     async def list(self, request: Request) -> JSONResponse:
         principal = await self.rt.access.key(request)
-        q = request.query_params
-        limit = _int(q, "limit", 50)
-        if limit is None or not 1 <= limit <= MAX_LIMIT:
-            raise BadRequest(f"`limit` must be between 1 and {MAX_LIMIT}", code="invalid_query")
-        paused = q.get("paused")
-        status = q.get("status")
-        if status not in (None, "active", "ended"):
-            raise BadRequest("`status` must be active or ended", code="invalid_query")
+        q = parse_query(request, SessionListQuery)
+        limit = q.limit
         query = SessionQuery(
-            agent=q.get("agent") or None,
+            agent=q.agent,
             agents=self.rt.access.visible(principal),
-            contact=q.get("contact") or None,
-            channel=q.get("channel") or None,
-            status=status,
-            paused=None if paused is None else paused.lower() in ("1", "true", "yes"),
-            since=_int(q, "since"),
-            until=_int(q, "until"),
+            contact=q.contact,
+            channel=q.channel,
+            status=q.status,
+            paused=None if q.paused is None else q.paused.lower() in ("1", "true", "yes"),
+            since=q.since,
+            until=q.until,
             limit=limit + 1,
-            cursor=_cursor(q.get("cursor")),
+            cursor=_cursor(q.cursor),
         )
         rows = await self.rt.store.sessions(query)
         more = len(rows) > limit

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
-from gateway.api.http import opt_str, read_body, read_json
+from gateway.api.models import AgentPauseRequest, HumanMessageRequest
+from gateway.api.operation import ApiRoute, parse_body
 from gateway.api.sessions import session_json
 from gateway.conversations import check_text
 from gateway.runtime import Runtime
@@ -21,12 +22,54 @@ class TakeoverRoutes:
 
     def routes(self) -> list[BaseRoute]:
         return [
-            Route("/v1/sessions/{session_id}/pause", self.pause_session, methods=["POST"]),
-            Route("/v1/sessions/{session_id}/resume", self.resume_session, methods=["POST"]),
-            Route("/v1/sessions/{session_id}/messages", self.send, methods=["POST"]),
-            Route("/v1/agents/{agent}/pause", self.pause_agent, methods=["POST"]),
-            Route("/v1/agents/{agent}/resume", self.resume_agent, methods=["POST"]),
-            Route("/v1/contacts/{contact}/sessions", self.contact_sessions, methods=["GET"]),
+            ApiRoute(
+                "/v1/sessions/{session_id}/pause",
+                self.pause_session,
+                method="POST",
+                summary="Take over: pause the AI on this session",
+                errors=(401, 404, 409),
+            ),
+            ApiRoute(
+                "/v1/sessions/{session_id}/resume",
+                self.resume_session,
+                method="POST",
+                summary="Hand back to the AI",
+                errors=(401, 404, 409),
+            ),
+            ApiRoute(
+                "/v1/sessions/{session_id}/messages",
+                self.send,
+                method="POST",
+                summary="Send a message as a human on the session's channel",
+                body=HumanMessageRequest,
+                ok=201,
+                errors=(401, 404, 409, 413, 415),
+            ),
+            ApiRoute(
+                "/v1/agents/{agent}/pause",
+                self.pause_agent,
+                method="POST",
+                summary="Pause an agent, or one contact with it (`contact`)",
+                body=AgentPauseRequest,
+                body_required=False,
+                errors=(401, 403, 404, 413, 415),
+            ),
+            ApiRoute(
+                "/v1/agents/{agent}/resume",
+                self.resume_agent,
+                method="POST",
+                summary="Resume an agent (every level) or one contact",
+                body=AgentPauseRequest,
+                body_required=False,
+                errors=(401, 403, 404, 413, 415),
+            ),
+            ApiRoute(
+                "/v1/contacts/{contact}/sessions",
+                self.contact_sessions,
+                method="GET",
+                summary="A contact's sessions",
+                errors=(401,),
+            ),
         ]
 
     async def _session(self, request: Request) -> tuple[SessionRecord, str]:
@@ -46,10 +89,10 @@ class TakeoverRoutes:
 
     async def send(self, request: Request) -> JSONResponse:
         session, who = await self._session(request)
-        body = await read_json(request, self.rt.settings.server.max_body_bytes)
+        body = await parse_body(request, HumanMessageRequest, limit=self.rt.settings.server.max_body_bytes)
         config = self.rt.directory.get(session.agent_id)
-        text = check_text(body.get("text"), config.limits.max_text_chars)
-        author = opt_str(body, "author", max_len=128) or who
+        text = check_text(body.text, config.limits.max_text_chars)
+        author = body.author or who
         message_id = await self.rt.service.send_human(session.id, text, author=author, by=who)
         return JSONResponse(
             {"sessionId": session.id, "messageId": message_id, "source": "human", "author": author},
@@ -60,9 +103,8 @@ class TakeoverRoutes:
         principal = await self.rt.access.key(request)
         agent = request.path_params["agent"]
         self.rt.access.agent(principal, agent)
-        raw = await read_body(request, 16_384)  # an empty body (no contact) means the whole agent
-        body = await read_json(request, 16_384, body=raw) if raw.strip() else {}
-        contact = opt_str(body, "contact", max_len=128)
+        # An empty body (no contact) means the whole agent.
+        contact = (await parse_body(request, AgentPauseRequest, limit=16_384)).contact
         changed = await self.rt.service.set_paused(agent, paused, contact=contact, by=principal.name)
         out: dict[str, object] = {"agent": agent, "paused": paused, "sessions": changed}
         if contact is not None:

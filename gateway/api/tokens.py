@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
-from gateway.api.http import opt_dict, opt_str, read_json
-from gateway.auth import TOKEN_CHANNELS, origin_allowed
-from gateway.errors import BadRequest, Forbidden, NotFound, RateLimited
+from gateway.api.models import TokenRequest
+from gateway.api.operation import ApiRoute, parse_body
+from gateway.auth import origin_allowed
+from gateway.errors import Forbidden, NotFound, RateLimited
 from gateway.runtime import Runtime
 
 
@@ -17,19 +18,23 @@ class TokenRoutes:
         self.rt = runtime
 
     def routes(self) -> list[BaseRoute]:
-        return [Route("/v1/tokens", self.create, methods=["POST"])]
+        return [
+            ApiRoute(
+                "/v1/tokens",
+                self.create,
+                method="POST",
+                summary="Mint a single-use browser token (API key, or an allowed Origin)",
+                body=TokenRequest,
+                secured=False,
+                ok=201,
+                errors=(401, 403, 404, 413, 415, 429),
+            )
+        ]
 
     async def create(self, request: Request) -> JSONResponse:
         rt = self.rt
-        body = await read_json(request, 16_384)
-        channel = body.get("channel", "chat")
-        if channel not in TOKEN_CHANNELS:
-            raise BadRequest('`channel` must be "chat" or "stream"', code="invalid_channel")
-        agent = opt_str(body, "agent", max_len=64)
-        if agent is None:
-            raise BadRequest("`agent` is required", code="missing_agent")
-        metadata = opt_dict(body, "metadata")
-        session_id = opt_str(body, "sessionId", max_len=64)
+        body = await parse_body(request, TokenRequest, limit=16_384)
+        channel, agent, metadata, session_id = body.channel, body.agent, body.metadata or {}, body.sessionId
         if "authorization" in request.headers:
             # A chat token lets a browser talk (a write); a stream token only reads.
             principal = await rt.access.key(request, write=channel == "chat")
