@@ -39,6 +39,22 @@ def parse_json(raw: str | bytes) -> Any:
     return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
 
 
+def load_provider_json(raw: str | bytes) -> Any:
+    """A provider's JSON made safe: NaN, Infinity and overflowing numbers become null,
+    lone surrogates U+FFFD, NULs are dropped. (ValueError when it is not JSON at all.)"""
+    value = json.loads(raw, parse_constant=_null, parse_float=_finite_or_none)
+    return clean_json(value) if may_need_cleaning(raw) else value
+
+
+def _null(_name: str) -> Any:
+    return None
+
+
+def _finite_or_none(text: str) -> float | None:
+    value = float(text)
+    return None if math.isinf(value) else value
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 

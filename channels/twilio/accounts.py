@@ -16,6 +16,7 @@ from channels.whatsapp.transcribe import transcribers_for
 from gateway.api.http import read_body
 from gateway.errors import BadRequest, ConfigError
 from gateway.runtime import Runtime
+from gateway.sanitizer import clean
 from gateway.settings import TwilioNumber
 
 log = logging.getLogger("gateway.twilio")
@@ -82,6 +83,15 @@ class TwilioAccounts:
 
     def voice_numbers(self, agent_id: str) -> list[Binding]:
         return [b for b in self.by_number.values() if b.agent_id == agent_id and not b.config.whatsapp]
+
+
+def clean_form(form: ImmutableMultiDict[str, str]) -> ImmutableMultiDict[str, str]:
+    """A verified form made safe to store (NULs dropped; sanitizer.py): only after the
+    signature check, which must see the values exactly as Twilio signed them."""
+    pairs = form.multi_items()
+    if not any("\x00" in k or "\x00" in v for k, v in pairs):
+        return form
+    return ImmutableMultiDict([(clean(k), clean(v)) for k, v in pairs])
 
 
 async def read_form(request: Request) -> ImmutableMultiDict[str, str]:

@@ -33,7 +33,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from twilio.twiml.messaging_response import MessagingResponse
 
-from channels.twilio.accounts import PROVIDER, TWILIO_FORM, Binding, TwilioAccounts, read_form
+from channels.twilio.accounts import PROVIDER, TWILIO_FORM, Binding, TwilioAccounts, clean_form, read_form
 from channels.twilio.errors import OUTSIDE_WINDOW, TwilioError
 from channels.twilio.render import render_bodies
 from channels.twilio.signature import matching_token, public_url
@@ -46,6 +46,7 @@ from gateway.errors import BadRequest, Unauthorized
 from gateway.events import ContactRef, Event, InboundMessage
 from gateway.limits import whatsapp_window_open
 from gateway.runtime import Runtime
+from gateway.sanitizer import MAX_ID, MAX_NAME, clip
 from gateway.store.outbox import FINAL
 from gateway.store.records import MessageRecord, OutboxItem, SessionRecord
 from gateway.types import Channel
@@ -273,7 +274,7 @@ class TwilioMessaging:
         if token is None:
             log.warning("twilio webhook refused: missing or wrong X-Twilio-Signature for %s", url)
             raise Unauthorized("invalid or missing X-Twilio-Signature", code="invalid_signature")
-        return form, token
+        return clean_form(form), token
 
     async def inbound(self, request: Request) -> Response:
         form, token = await self._verified(request)
@@ -285,8 +286,13 @@ class TwilioMessaging:
         if binding.token != token:
             # Another account's token signed a message for this number: it is not theirs to send.
             raise Unauthorized("the signing account does not own this number", code="invalid_signature")
+        problem = _unusable(msg)
+        if problem is not None:  # recorded as bad and acknowledged: Twilio would only retry it
+            await self._rejected(binding.agent_id, msg, problem)
+            return _twiml()
         kind, text, parts = msg.content()
-        contact = ContactRef(channel=msg.channel, address=msg.sender, name=msg.profile_name)
+        name = None if msg.profile_name is None else clip(msg.profile_name, MAX_NAME)
+        contact = ContactRef(channel=msg.channel, address=msg.sender, name=name)
         results = await self.rt.service.receive_many(
             [
                 InboundMessage(
@@ -311,6 +317,30 @@ class TwilioMessaging:
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
         return _twiml()
+
+    async def _rejected(self, agent: str, msg: TwilioInbound, problem: str) -> None:
+        """A message the store cannot hold as it is: an event and a log line keep what it said."""
+        sid = clip(msg.sid, MAX_ID)
+        log.warning(
+            "twilio message %s rejected (%s): acknowledged, recorded as webhook.rejected", sid, problem
+        )
+        await self.rt.store.append_events(
+            [
+                Event(
+                    type="webhook.rejected",
+                    agent=agent,
+                    channel=str(msg.channel),
+                    data={
+                        "provider": PROVIDER,
+                        "to": clip(msg.to, MAX_ID),
+                        "from": clip(msg.from_, MAX_ID),
+                        "providerMessageId": sid,
+                        "text": clip(msg.body, 4096),
+                        "reason": problem,
+                    },
+                )
+            ]
+        )
 
     async def _unroutable(self, msg: TwilioInbound) -> None:
         log.warning("twilio message %s for unconfigured number %s: acknowledged, not routed", msg.sid, msg.to)
@@ -495,6 +525,15 @@ class TwilioMessaging:
         if session.channel != str(Channel.WHATSAPP):
             return True  # SMS has no conversation window
         return whatsapp_window_open(session, now_ms)
+
+
+def _unusable(msg: TwilioInbound) -> str | None:
+    """Why a message cannot be stored as it is (ids that do not fit their columns), or None."""
+    if len(msg.sid) > MAX_ID:
+        return f"`MessageSid` is longer than {MAX_ID} characters"
+    if len(msg.sender) > MAX_ID:
+        return f"`From` is longer than {MAX_ID} characters"
+    return None
 
 
 def _twiml() -> Response:

@@ -89,12 +89,13 @@ def parse_frame(raw: str | bytes) -> Frame:
         params = obj.get("customParameters") or {}
         if not isinstance(params, dict):
             raise FrameError("setup: `customParameters` must be an object")
+        ids = sanitizer.MAX_ID  # they become ids and addresses in the store
         return Setup(
-            session_id=_s(obj, "sessionId"),
-            call_sid=_s(obj, "callSid", required=True),
-            account_sid=_s(obj, "accountSid"),
-            from_=_s(obj, "from"),
-            to=_s(obj, "to"),
+            session_id=_s(obj, "sessionId", max_len=ids),
+            call_sid=_s(obj, "callSid", required=True, max_len=64),
+            account_sid=_s(obj, "accountSid", max_len=ids),
+            from_=_s(obj, "from", max_len=ids),
+            to=_s(obj, "to", max_len=ids),
             direction=_s(obj, "direction") or "inbound",
             caller_name=_s(obj, "callerName") or None,
             forwarded_from=_s(obj, "forwardedFrom") or None,
@@ -125,11 +126,11 @@ def parse_frame(raw: str | bytes) -> Frame:
     return Unknown(type=kind[:64])
 
 
-def _s(obj: dict[str, Any], key: str, *, required: bool = False) -> str:
+def _s(obj: dict[str, Any], key: str, *, required: bool = False, max_len: int = 256) -> str:
     value = obj.get(key)
     if value is None and not required:
         return ""
-    if not isinstance(value, str) or (required and not value) or len(value) > 256:
+    if not isinstance(value, str) or (required and not value) or len(value) > max_len:
         raise FrameError(f"`{key}` must be a string")
     return value
 

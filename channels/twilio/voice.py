@@ -28,7 +28,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from channels.twilio import relay_protocol as rp
 from channels.twilio import twiml
-from channels.twilio.accounts import TWILIO_FORM, VOICE, Binding, TwilioAccounts, read_form
+from channels.twilio.accounts import TWILIO_FORM, VOICE, Binding, TwilioAccounts, clean_form, read_form
 from channels.twilio.errors import TwilioError
 from channels.twilio.relay import RelayConnection
 from channels.twilio.signature import matching_token, public_url
@@ -144,7 +144,7 @@ class TwilioVoice:
         if token is None:
             log.warning("refused a Twilio request to %s: invalid or missing X-Twilio-Signature", url)
             raise Unauthorized("invalid or missing X-Twilio-Signature", code="invalid_signature")
-        return form, token
+        return clean_form(form), token
 
     def _base(self, request: Request) -> tuple[str, str]:
         """(https base, wss base) of the gateway as Twilio reaches it."""

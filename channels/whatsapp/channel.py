@@ -45,6 +45,7 @@ from gateway.errors import BadRequest, ConfigError, Conflict, Unauthorized
 from gateway.events import ContactRef, Event, InboundMessage, now_ms
 from gateway.limits import whatsapp_window_open
 from gateway.runtime import Runtime
+from gateway.sanitizer import MAX_ID, MAX_NAME, clip
 from gateway.settings import WhatsAppNumber
 from gateway.store.records import MessageRecord, OutboxItem, SessionRecord
 from gateway.types import Channel
@@ -57,6 +58,7 @@ UNTRANSCRIBED = ("[voice note]", "[audio]")
 WEBHOOK_ERROR = "webhook.error"
 ECHO_AUTHOR = "whatsapp_business_app"  # the author of a coexistence echo (a human at the business)
 ECHO_PAUSE = "echoPause"  # session.meta: {until} when an echo's pause ends by itself
+WEBHOOK_REJECTED = "webhook.rejected"
 MESSAGE_REVOKED = "message.revoked"
 MESSAGE_REACTION = "message.reaction"
 # Message types read into text and parts; any other (and Meta's `unsupported`) keeps its raw object.
@@ -227,6 +229,11 @@ class WhatsAppChannel:
                 for problem in problems:
                     log.warning("whatsapp echoes: %s", problem)
                 for echo in echoes:
+                    if len(echo.wamid) > MAX_ID or len(echo.to) > MAX_ID:  # cannot be stored
+                        log.warning(
+                            "whatsapp echo %s skipped: an id over %d characters", clip(echo.wamid, 64), MAX_ID
+                        )
+                        continue
                     if routable and pnid is not None:
                         extras.append(self._echo(pnid, echo))
                     else:
@@ -236,6 +243,10 @@ class WhatsAppChannel:
                     extras.append(self._unroutable(pnid, m))
                     continue
                 agent = self._route(pnid, m.from_)
+                problem = _unusable(m)
+                if problem is not None:  # recorded as bad; its neighbours are stored, the delivery is 200
+                    extras.append(self._rejected(agent, pnid, m, problem))
+                    continue
                 if m.errors:
                     extras.append(self._webhook_errors(agent, change, m.errors, m))
                 if m.revoke is not None:
@@ -260,13 +271,17 @@ class WhatsAppChannel:
                     extras.append(
                         self._annotate(m.edit.original_wamid, "edit", {"text": m.text, "wamid": m.wamid})
                     )
-                if m.system is not None and m.system.new_wa_id:
+                if m.system is not None and m.system.new_wa_id and len(m.system.new_wa_id) <= MAX_ID:
                     extras.append(self._rekey(m.sender_key, m.system.new_wa_id))
                 out.append(
                     InboundMessage(
                         agent=agent,
                         channel=Channel.WHATSAPP,
-                        contact=m.contact(),
+                        contact=ContactRef(
+                            channel=Channel.WHATSAPP,
+                            address=m.sender_key,
+                            name=None if m.contact_name is None else clip(m.contact_name, MAX_NAME),
+                        ),
                         text=m.text,
                         type=kind,
                         provider_message_id=m.wamid,
@@ -278,6 +293,31 @@ class WhatsAppChannel:
                     )
                 )
         return out, extras
+
+    def _rejected(self, agent: str, pnid: str, m: WaMessage, problem: str) -> Any:
+        """A message the store cannot hold as it is: an event and a log line keep what it said."""
+        data = {
+            "provider": PROVIDER,
+            "phoneNumberId": pnid,
+            "providerMessageId": clip(m.wamid, MAX_ID),
+            "from": clip(m.sender_key, MAX_ID),
+            "type": m.type,
+            "text": clip(m.text, 4096),
+            "reason": problem,
+        }
+
+        async def record() -> None:
+            log.warning(
+                "whatsapp message %s rejected (%s): acknowledged, recorded as webhook.rejected",
+                data["providerMessageId"],
+                problem,
+                extra={"phone_number_id": pnid},
+            )
+            await self.rt.store.append_events(
+                [Event(type=WEBHOOK_REJECTED, agent=agent, channel=str(Channel.WHATSAPP), data=data)]
+            )
+
+        return record
 
     def _webhook_errors(
         self, agent: str, change: Change, errors: tuple[WaError, ...], m: WaMessage | None = None
@@ -648,6 +688,15 @@ def _template(spec: dict[str, Any]) -> tuple[str, str, list[Any]]:
             "`language` must be a code like en_US and `components` a list", code="invalid_template"
         )
     return name, language, components
+
+
+def _unusable(m: WaMessage) -> str | None:
+    """Why a message cannot be stored as it is (ids that do not fit their columns), or None."""
+    if len(m.wamid) > MAX_ID:
+        return f"`id` is longer than {MAX_ID} characters"
+    if len(m.sender_key) > MAX_ID:
+        return f"`from` is longer than {MAX_ID} characters"
+    return None
 
 
 def _extra(m: WaMessage) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from channels.whatsapp.payloads import (
     WaSystem,
     WebhookBatch,
 )
+from gateway.sanitizer import load_provider_json
 
 __all__ = ["BadPayload", "parse_webhook"]
 
@@ -77,7 +78,7 @@ def parse_webhook(body: bytes | str) -> WebhookBatch:
 
 def _envelope(body: bytes | str) -> list[Any]:
     try:
-        doc = json.loads(body)
+        doc = load_provider_json(body)  # lone surrogates and NULs made safe here, once
     except (ValueError, RecursionError) as exc:
         raise BadPayload(f"webhook body is not JSON: {type(exc).__name__}") from None
     if not isinstance(doc, dict):
@@ -303,7 +304,7 @@ def _interactive(m: dict[str, Any]) -> tuple[str, Parts]:
         response: Any = raw_json
         if isinstance(raw_json, str):
             try:
-                response = json.loads(raw_json)
+                response = load_provider_json(raw_json)
             except (ValueError, RecursionError):
                 response = raw_json
         shown = response if isinstance(response, str) else json.dumps(response, ensure_ascii=False)

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 from gateway.agents.base import ToolCall
 from gateway.errors import AgentError
+from gateway.sanitizer import load_provider_json
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -158,7 +159,7 @@ class ChatStreamParser:
 def parse_json_object(data: str | bytes, *, what: str) -> dict[str, Any]:
     """`json.loads` that only accepts an object and fails with a `StreamFormatError`."""
     try:
-        value = json.loads(data)
+        value = load_provider_json(data)  # an LLM's text is made safe, never refused
     except (ValueError, RecursionError):
         raise StreamFormatError(f"malformed {what} (not JSON): {_preview(data)}") from None
     if not isinstance(value, dict):

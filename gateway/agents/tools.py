@@ -11,12 +11,12 @@ cancellation escapes, so that closing a turn stops its tools.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any, Protocol
 
 import httpx
 
 from gateway.agents.base import ToolCall, Turn
+from gateway.sanitizer import load_provider_json
 from gateway.settings import ToolConfig
 
 _BODY_PREVIEW = 200
@@ -40,7 +40,7 @@ def parse_arguments(call: ToolCall) -> dict[str, Any] | str:
     if not raw:
         return {}
     try:
-        value = json.loads(raw)
+        value = load_provider_json(raw)
     except (ValueError, RecursionError) as exc:
         return f"invalid JSON arguments for tool {call.name}: {exc}"
     if not isinstance(value, dict):
@@ -95,7 +95,7 @@ def _result(name: str, response: httpx.Response) -> Any:
         return {"ok": True}
     if "json" in response.headers.get("content-type", ""):
         try:
-            return response.json()
+            return load_provider_json(response.content)
         except ValueError:
             pass
     return response.text

@@ -36,6 +36,7 @@ import httpx
 from gateway.agents.base import AgentOutput, TextDelta, Turn
 from gateway.agents.openai_stream import SseDecoder, StreamFormatError, parse_json_object
 from gateway.errors import AgentError
+from gateway.sanitizer import load_provider_json
 from gateway.settings import WebhookConfig
 
 SIGNATURE_HEADER = "X-Gateway-Signature"
@@ -216,7 +217,7 @@ async def _sse(response: httpx.Response) -> AsyncGenerator[str, None]:
 def _sse_text(data: str) -> str:
     """A JSON frame's text; data that is not JSON at all is taken as plain text."""
     try:
-        value = json.loads(data)
+        value = load_provider_json(data)  # the agent's text is made safe, never refused
     except (ValueError, RecursionError):
         if data.lstrip().startswith(("{", "[")):
             raise StreamFormatError(f"malformed webhook event (not JSON): {data[:_PREVIEW]!r}") from None

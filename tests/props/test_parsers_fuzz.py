@@ -6,6 +6,7 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -53,6 +54,7 @@ def test_chat_parser_on_json_objects(obj: dict[str, Any]) -> None:
             "invalid_context",
             "unknown_event",
             "invalid_frame",
+            "invalid_json",  # NaN and Infinity (json.dumps writes them; they are not JSON)
         }
         return
     if isinstance(frame, UserText):
@@ -67,7 +69,13 @@ def test_chat_parser_on_json_objects(obj: dict[str, Any]) -> None:
 def test_valid_messages_round_trip(text: str) -> None:
     if not text.strip():
         return
-    frame = parse_client_frame(json.dumps({"event": "message", "text": text}), max_text=50, max_bytes=10_000)
+    raw = json.dumps({"event": "message", "text": text})
+    if "\x00" in text:  # never stored: refused (gateway/sanitizer.py)
+        with pytest.raises(FrameError) as refused:
+            parse_client_frame(raw, max_text=50, max_bytes=10_000)
+        assert refused.value.code == "invalid_text"
+        return
+    frame = parse_client_frame(raw, max_text=50, max_bytes=10_000)
     assert frame == UserText(text=text)
 
 
