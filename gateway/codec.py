@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.events import Event
+from gateway.sanitizer import clean_json
 
 
 def dumps(obj: Any) -> str:
@@ -27,7 +28,12 @@ def encode_event(event: Event) -> bytes:
             event.session_id or "",
         )
     )
-    return (header + "\n" + dumps(event.to_wire())).encode()
+    try:
+        return (header + "\n" + dumps(event.to_wire())).encode()
+    except UnicodeEncodeError:
+        # Only data stored before the edges made text safe (gateway/sanitizer.py) gets here:
+        # a feed replay must go past it, not stop at it.
+        return (header + "\n" + dumps(clean_json(event.to_wire()))).encode()
 
 
 @dataclass(frozen=True, slots=True)

@@ -193,3 +193,43 @@ async def test_poison_through_every_edge_breaks_no_read(db_url: str, tmp_path: P
         assert len(exported) == len(sessions)
         texts = [m["text"] for rec in exported for m in rec["messages"]]
         assert "sur\ufffd and nul" in texts and "nul here" in texts
+
+
+async def test_poison_stored_before_the_edges_were_safe_breaks_no_read(db_url: str, tmp_path: Path) -> None:
+    """Rows written by an older gateway may hold a lone surrogate in a JSON column (the
+    session's metadata, a message's parts, an event): every read still works."""
+    from gateway.events import ContactRef, Event
+    from gateway.types import Channel
+
+    async with run_gateway(make_settings(db_url)) as g:
+        store = g.runtime.store
+        session, _ = await store.start_session(
+            agent_id="demo",
+            channel=Channel.API,
+            contact=ContactRef(channel=Channel.API, address="legacy"),
+            meta={"plan": "x\ud800", "\udfffkey": ["y\udc00"]},
+        )
+        await store.ingest_message(
+            agent_id="demo",
+            channel=Channel.API,
+            text="hi",
+            session_id=session.id,
+            parts=[{"kind": "x\ud800"}],
+        )
+        await store.append_events(
+            [Event(type="session.note", agent="demo", session_id=session.id, data={"note": "z\ud800"})]
+        )
+        async with g.client() as c:
+            listed = await c.get("/v1/sessions")
+            assert listed.status_code == 200, listed.text
+            row = listed.json()["sessions"][0]
+            assert row["metadata"] == {"plan": "x\ufffd", "\ufffdkey": ["y\ufffd"]}
+            one = await c.get(f"/v1/sessions/{session.id}")
+            assert one.status_code == 200, one.text
+            assert one.json()["messages"][0]["parts"] == [{"kind": "x\ufffd"}]
+            assert (await c.get("/v1/contacts/legacy/sessions")).status_code == 200
+        replayed = await _replay_from_zero(g)
+        assert [f["event"] for f in replayed][-1] == "session.note"
+        assert replayed[-1]["json"]["note"] == "z\ufffd"
+        exported = await _export(db_url, tmp_path)
+        assert exported[0]["metadata"]["plan"] == "x\ufffd"

@@ -118,7 +118,12 @@ class AgentConnection:
         self._buffered: dict[str, list[tuple[int, bytes]]] = {}
 
     async def send(self, frame: dict[str, Any]) -> None:
-        await self.send_text(dumps(frame))
+        text = dumps(frame)
+        try:
+            text.encode()
+        except UnicodeEncodeError:  # only data stored before gateway/sanitizer.py existed
+            text = dumps(sanitizer.clean_json(frame))
+        await self.send_text(text)
 
     async def send_text(self, text: str) -> None:
         async with self._send_lock:

@@ -15,6 +15,7 @@ from gateway.api.models import INT64_MAX, INT64_MIN, SessionListQuery
 from gateway.api.operation import ApiRoute, parse_query
 from gateway.errors import BadRequest
 from gateway.runtime import Runtime
+from gateway.sanitizer import clean_json
 from gateway.store.records import MessageRecord, SessionRecord
 from gateway.store.sql import SessionQuery
 
@@ -36,8 +37,10 @@ def session_json(s: SessionRecord) -> dict[str, Any]:
         "endedAt": ended,
         "duration": None if ended is None else round((ended - s.started_at) / 1000, 3),
         "reason": s.end_reason,
-        "metadata": {k: v for k, v in s.meta.items() if k != "attention"},
-        "attention": s.meta.get("attention"),
+        # JSON columns are cleaned on the way out too: rows stored before the edges made text
+        # safe (gateway/sanitizer.py) must not break a list, a read or an export.
+        "metadata": clean_json({k: v for k, v in s.meta.items() if k != "attention"}),
+        "attention": clean_json(s.meta.get("attention")),
     }
 
 
@@ -51,7 +54,7 @@ def message_json(m: MessageRecord) -> dict[str, Any]:
         "createdAt": m.created_at,
     }
     if m.parts:
-        out["parts"] = m.parts
+        out["parts"] = clean_json(m.parts)
     if m.provider_message_id:
         out["providerMessageId"] = m.provider_message_id
     if m.status:
@@ -61,9 +64,9 @@ def message_json(m: MessageRecord) -> dict[str, Any]:
     if m.author:
         out["author"] = m.author
     if m.error:
-        out["error"] = m.error
+        out["error"] = clean_json(m.error)
     if m.meta:
-        out["meta"] = m.meta
+        out["meta"] = clean_json(m.meta)
     return out
 
 
