@@ -101,11 +101,18 @@ BASE_BODIES: dict[str, dict[str, Any]] = {
     "WhatsAppStartRequest": {"to": "15550001111", "template": {"name": "hello"}},
     "TwilioStartRequest": {"to": "+14155550123", "text": "hi"},
     "CallRequest": {"agent": "demo", "to": "+14155550123"},
+    "KeyRequest": {"name": "mutant-key"},
 }
 
 
 def _path_values(session_id: str) -> dict[str, str]:
-    return {"agent": "demo", "session_id": session_id, "contact": "mutant", "action": "hangup"}
+    return {
+        "agent": "demo",
+        "session_id": session_id,
+        "contact": "mutant",
+        "action": "hangup",
+        "key_id": "key_nope",
+    }
 
 
 class Probe:
