@@ -607,7 +607,7 @@ class TwilioVoice:
         session_id, action = request.path_params["session_id"], request.path_params["action"]
         await self.rt.access.session(principal, session_id)
         body = await parse_body(request, CallControlRequest, limit=65_536)  # no body: no arguments
-        return JSONResponse(await self.control(session_id, action, body.model_dump(exclude_none=True)))
+        return JSONResponse(await self.control(session_id, action, body.arguments()))
 
     # ------------------------------------------------------------ outbound
 

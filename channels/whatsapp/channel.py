@@ -243,9 +243,9 @@ class WhatsAppChannel:
                     extras.append(self._unroutable(pnid, m))
                     continue
                 agent = self._route(pnid, m.from_)
-                problem = _unusable(m)
-                if problem is not None:  # recorded as bad; its neighbours are stored, the delivery is 200
-                    extras.append(self._rejected(agent, pnid, m, problem))
+                why = _unusable(m)
+                if why is not None:  # recorded as bad; its neighbours are stored, the delivery is 200
+                    extras.append(self._rejected(agent, pnid, m, why))
                     continue
                 if m.errors:
                     extras.append(self._webhook_errors(agent, change, m.errors, m))

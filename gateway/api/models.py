@@ -86,7 +86,7 @@ class ApiModel(BaseModel):
 
     codes: ClassVar[dict[str, str]] = {}
     missing: ClassVar[dict[str, str]] = {}
-    hints: ClassVar[dict[str, str]] = {}  # field -> the message for any bad value of it
+    refusals: ClassVar[dict[str, str]] = {}  # field -> the message for any bad value of it
 
 
 # ---------------------------------------------------------------- bodies
@@ -97,7 +97,7 @@ class TokenRequest(ApiModel):
 
     codes: ClassVar[dict[str, str]] = {"channel": "invalid_channel"}
     missing: ClassVar[dict[str, str]] = {"agent": "missing_agent"}
-    hints: ClassVar[dict[str, str]] = {"channel": '`channel` must be "chat" or "stream"'}
+    refusals: ClassVar[dict[str, str]] = {"channel": '`channel` must be "chat" or "stream"'}
 
     agent: AgentId
     channel: Literal["chat", "stream"] = "chat"
@@ -115,7 +115,7 @@ class MessageRequest(ApiModel):
 
     codes: ClassVar[dict[str, str]] = {"text": "invalid_text", "contact": "invalid_contact"}
     missing: ClassVar[dict[str, str]] = {"text": "invalid_text"}
-    hints: ClassVar[dict[str, str]] = {"contact": "`contact` must be an id string or {id, name?}"}
+    refusals: ClassVar[dict[str, str]] = {"contact": "`contact` must be an id string or {id, name?}"}
 
     text: Text = Field(description="the user's message (the agent's `limits.max_text_chars`)")
     sessionId: SessionId | None = None
@@ -140,12 +140,37 @@ class AgentPauseRequest(ApiModel):
 
 
 class CallControlRequest(ApiModel):
-    """`POST /v1/calls/{session_id}/{action}` (the body is optional)."""
+    """`POST /v1/calls/{session_id}/{action}` (the body is optional): each action reads its fields
+    (`forward` `to`, `digits` `digits`, `language` `language`, `hangup` `reason`, `configure` the
+    call settings); the call channel checks their values and refuses settings it does not know."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+    codes: ClassVar[dict[str, str]] = {
+        "to": "invalid_to",
+        "digits": "invalid_digits",
+        "language": "invalid_language",
+        **{k: "invalid_settings" for k in ("voice", "ttsProvider", "transcriptionProvider", "speechModel")},
+        **{k: "invalid_settings" for k in ("interruptible", "preemptible", "dtmfDetection", "hints")},
+    }
 
     to: Str256 | None = None
     digits: Str64 | None = None
     language: Str35 | None = None
     reason: Str32 | None = None
+    voice: Str128 | None = None
+    ttsProvider: Str128 | None = None
+    transcriptionProvider: Str128 | None = None
+    speechModel: Str128 | None = None
+    interruptible: StrictBool | Literal["any", "speech", "dtmf", "none"] | None = None
+    preemptible: StrictBool | None = None
+    dtmfDetection: StrictBool | None = None
+    hints: Annotated[list[Str128], Field(max_length=500)] | Str4096 | None = Field(
+        default=None, description="words or phrases: a list, or one comma-separated string"
+    )
+
+    def arguments(self) -> dict[str, Any]:
+        """The fields given (unknown ones too: the call channel names them in its refusal)."""
+        return self.model_dump(exclude_none=True)
 
 
 class LanguageObject(ApiModel):
@@ -181,7 +206,7 @@ class WhatsAppStartRequest(ApiModel):
 
     codes: ClassVar[dict[str, str]] = {"template": "template_required"}
     missing: ClassVar[dict[str, str]] = {"to": "missing_to", "template": "template_required"}
-    hints: ClassVar[dict[str, str]] = {
+    refusals: ClassVar[dict[str, str]] = {
         "template": "a conversation is started with a `template` {name, language, components?}"
     }
 

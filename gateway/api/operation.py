@@ -151,8 +151,8 @@ def refusal(model: type[ApiModel], exc: ValidationError, default_code: str) -> B
     if err["type"] == "missing" and len(loc) == 1:
         return BadRequest(f"`{wire}` is required", code=model.missing.get(top, default_code))
     code = model.codes.get(top, default_code)
-    if top in model.hints:
-        return BadRequest(model.hints[top], code=code)
+    if top in model.refusals:
+        return BadRequest(model.refusals[top], code=code)
     path = wire
     for part in loc[1:]:
         if isinstance(part, int):
