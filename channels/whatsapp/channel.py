@@ -361,24 +361,8 @@ class WhatsAppChannel:
         async def record() -> None:
             store = self.rt.store
             if e.revoked_wamid is not None:
-                target = await store.find_message(
-                    channel=str(Channel.WHATSAPP), provider_message_id=e.revoked_wamid
-                )
-                if target is not None:
-                    who = {"by": ECHO_AUTHOR, "at": e.timestamp, "wamid": e.wamid}
-                    await store.hide_messages(
-                        [target.id],
-                        meta={"revoked": who},
-                        events=[
-                            Event(
-                                type=MESSAGE_REVOKED,
-                                agent=agent,
-                                session_id=target.session_id,
-                                channel=str(Channel.WHATSAPP),
-                                data={"messageId": target.id, "providerMessageId": e.revoked_wamid, **who},
-                            )
-                        ],
-                    )
+                who = {"by": ECHO_AUTHOR, "at": e.timestamp, "wamid": e.wamid}
+                await self._hide_revoked(agent, e.revoked_wamid, who)
                 return
             meta: dict[str, Any] = {"echo": True, "whatsappType": e.type}
             if e.type not in UNDERSTOOD:
@@ -409,28 +393,32 @@ class WhatsAppChannel:
 
     def _revoke(self, agent: str, m: WaMessage, original: str) -> Any:
         async def revoke() -> None:
-            target = await self.rt.store.find_message(
-                channel=str(Channel.WHATSAPP), provider_message_id=original
-            )
-            if target is None:
-                log.info("whatsapp revoke of unknown message %s ignored", original)
-                return
             who = {"by": m.sender_key, "at": m.timestamp, "wamid": m.wamid}
-            await self.rt.store.hide_messages(
-                [target.id],
-                meta={"revoked": who},
-                events=[
-                    Event(
-                        type=MESSAGE_REVOKED,
-                        agent=agent,
-                        session_id=target.session_id,
-                        channel=str(Channel.WHATSAPP),
-                        data={"messageId": target.id, "providerMessageId": original, **who},
-                    )
-                ],
-            )
+            await self._hide_revoked(agent, original, who)
 
         return revoke
+
+    async def _hide_revoked(self, agent: str, original: str, who: dict[str, Any]) -> None:
+        """A revoke (by the contact, or by the business from its app): the message loses its
+        text, keeps who and when, and `message.revoked` tells the feeds."""
+        store = self.rt.store
+        target = await store.find_message(channel=str(Channel.WHATSAPP), provider_message_id=original)
+        if target is None:
+            log.info("whatsapp revoke of unknown message %s ignored", original)
+            return
+        await store.hide_messages(
+            [target.id],
+            meta={"revoked": who},
+            events=[
+                Event(
+                    type=MESSAGE_REVOKED,
+                    agent=agent,
+                    session_id=target.session_id,
+                    channel=str(Channel.WHATSAPP),
+                    data={"messageId": target.id, "providerMessageId": original, **who},
+                )
+            ],
+        )
 
     def _unreact(self, agent: str, m: WaMessage, wamid: str) -> Any:
         """A reaction taken back: the note on the message goes, and the reaction itself."""
