@@ -66,7 +66,6 @@ log = logging.getLogger("gateway.server")
 def build_runtime(settings: Settings, env: Mapping[str, str] | None = None) -> Runtime:
     env = os.environ if env is None else env
     metrics = Metrics()
-    bus = Bus.from_url(settings.server.bus_url)
 
     def published(events: list[Any]) -> None:
         bus.publish_all(events)
@@ -74,6 +73,10 @@ def build_runtime(settings: Settings, env: Mapping[str, str] | None = None) -> R
             metrics.events.labels(str(e.type)).inc()
 
     store = Store(create_engine(settings.server.database_url), on_commit=published)
+    # A shared bus fills what it loses from the event log (gateway/bus/sequencer.py).
+    bus = Bus.from_url(
+        settings.server.bus_url, store, catch_up_seconds=settings.server.bus_catch_up_seconds
+    )
     directory = AgentDirectory(settings)
     factory = AgentFactory(ProcessHub(), env)
     deliveries: dict[str, Delivery] = {}

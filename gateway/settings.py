@@ -321,6 +321,9 @@ class ServerConfig(_Model):
     trust_proxy: bool = False
     database_url: str = DEFAULT_DATABASE_URL
     bus_url: str = "memory://"
+    # With a shared bus (redis://): how often each instance compares the event log's
+    # last `seq` with what its feeds have had, so an event the bus lost still arrives.
+    bus_catch_up_seconds: float = Field(default=1.0, gt=0)
     admin_key: str | None = None
     auto_migrate: bool = False
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
@@ -383,8 +386,8 @@ class ServerConfig(_Model):
     @classmethod
     def _known_bus(cls, value: str) -> str:
         scheme = value.split(":", 1)[0]
-        if scheme != "memory":
-            raise ValueError("memory:// (the only bus this version has; several instances need a shared bus)")
+        if scheme not in ("memory", "redis", "rediss"):
+            raise ValueError("memory:// (one process) or redis://host:port/db (several instances)")
         return value
 
 

@@ -62,3 +62,10 @@ def need_chromium() -> str:
     path = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium") or ""
     need("Chromium", bool(path), "install Debian's `chromium` package: apt-get install chromium")
     return path
+
+
+def redis_bus_url(name: str) -> str:
+    """The test Redis as a bus, on a channel of its own (pub/sub ignores the db number)."""
+    need_redis()
+    sep = "&" if "?" in REDIS_URL else "?"
+    return f"{REDIS_URL}{sep}channel=switchboard-test:{name}:{os.getpid()}"

@@ -33,7 +33,7 @@ class OpsRoutes:
                 "/readyz",
                 self.readyz,
                 method="GET",
-                summary="Readiness: database and bus reachable",
+                summary="Readiness: database reachable (503 if not); bus state reported",
                 secured=False,
                 errors=(503,),
             ),
@@ -63,12 +63,15 @@ class OpsRoutes:
                 checks[name] = "ok"
             except Exception as exc:
                 checks[name] = f"error: {exc.__class__.__name__}"
-        ok = all(v == "ok" for v in checks.values()) and not self.rt.stopping.is_set()
+        # Only the database decides: without it nothing can be accepted (503, take this
+        # instance out). Without the bus everything is still accepted and stored, and feeds
+        # catch up from the store (docs/operations.md): ready, but "degraded", so that a
+        # shared bus going down does not take every instance out of the load balancer.
+        ok = checks["database"] == "ok" and not self.rt.stopping.is_set()
         if self.rt.stopping.is_set():
             checks["server"] = "shutting down"
-        return JSONResponse(
-            {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
-        )
+        status = "unavailable" if not ok else "ok" if checks["bus"] == "ok" else "degraded"
+        return JSONResponse({"status": status, "checks": checks}, status_code=200 if ok else 503)
 
     async def metrics(self, _request: Request) -> Response:
         return Response(self.rt.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
+from typing import Protocol
 
 from gateway.bus.base import Backend, Subscription
 from gateway.bus.memory import MemoryBackend
@@ -17,11 +18,34 @@ def session_topic(session_id: str) -> str:
     return f"session:{session_id}"
 
 
-def backend_for(url: str) -> Backend:
+def topics_of(event: Event) -> tuple[str, ...]:
+    """Where `Bus.publish` sends an event (a backend refilling from the store sends it there too)."""
+    return (ALL, session_topic(event.session_id)) if event.session_id else (ALL,)
+
+
+class EventLog(Protocol):
+    """The store's event log, as a networked backend reads it to fill what the bus lost."""
+
+    async def events_after(self, seq: int, *, limit: int) -> list[Event]: ...
+
+    async def last_seq(self) -> int: ...
+
+
+def backend_for(url: str, log: EventLog | None = None, *, catch_up_seconds: float = 1.0) -> Backend:
     scheme = url.split(":", 1)[0]
     if scheme == "memory":
         return MemoryBackend()
-    raise ConfigError(f"bus_url: no backend for scheme {scheme!r} (expected memory://)")
+    if scheme in ("redis", "rediss"):
+        if log is None:
+            raise ConfigError("bus_url: a redis:// bus needs the event log to fill its gaps")
+        from gateway.bus.redis import RedisBackend  # the client library only when used
+
+        async def fill(after: int, limit: int) -> list[tuple[int, tuple[str, ...], bytes]]:
+            events = await log.events_after(after, limit=limit)
+            return [(e.seq or 0, topics_of(e), encode_event(e)) for e in events]
+
+        return RedisBackend(url, fill, log.last_seq, catch_up_seconds=catch_up_seconds)
+    raise ConfigError(f"bus_url: no backend for scheme {scheme!r} (expected memory:// or redis://)")
 
 
 class Bus:
@@ -31,8 +55,8 @@ class Bus:
         self.backend = backend
 
     @classmethod
-    def from_url(cls, url: str) -> Bus:
-        return cls(backend_for(url))
+    def from_url(cls, url: str, log: EventLog | None = None, *, catch_up_seconds: float = 1.0) -> Bus:
+        return cls(backend_for(url, log, catch_up_seconds=catch_up_seconds))
 
     async def connect(self) -> None:
         await self.backend.connect()
