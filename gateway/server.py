@@ -74,9 +74,7 @@ def build_runtime(settings: Settings, env: Mapping[str, str] | None = None) -> R
 
     store = Store(create_engine(settings.server.database_url), on_commit=published)
     # A shared bus fills what it loses from the event log (gateway/bus/sequencer.py).
-    bus = Bus.from_url(
-        settings.server.bus_url, store, catch_up_seconds=settings.server.bus_catch_up_seconds
-    )
+    bus = Bus.from_url(settings.server.bus_url, store, catch_up_seconds=settings.server.bus_catch_up_seconds)
     directory = AgentDirectory(settings)
     factory = AgentFactory(ProcessHub(), env)
     deliveries: dict[str, Delivery] = {}
