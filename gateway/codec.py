@@ -8,7 +8,6 @@ decoding the JSON: fan-out to a thousand feeds then costs one encode per event.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from gateway.events import Event
@@ -36,23 +35,32 @@ def encode_event(event: Event) -> bytes:
         return (header + "\n" + dumps(clean_json(event.to_wire()))).encode()
 
 
-@dataclass(frozen=True, slots=True)
 class Envelope:
-    """A bus message whose JSON body has not been decoded."""
+    """A bus message whose JSON body has not been decoded: its header is parsed once
+    (by the fan-out) and every reader shares it; the SSE frame is built once too."""
 
-    type: str
-    seq: int | None
-    agent: str
-    session_id: str | None
-    body: bytes
+    __slots__ = ("_frame", "agent", "body", "seq", "session_id", "type")
+
+    def __init__(
+        self, *, type: str, seq: int | None, agent: str, session_id: str | None, body: bytes
+    ) -> None:
+        self.type = type
+        self.seq = seq
+        self.agent = agent
+        self.session_id = session_id
+        self.body = body
+        self._frame: bytes | None = None
 
     def json(self) -> dict[str, Any]:
         value: dict[str, Any] = json.loads(self.body)
         return value
 
     def sse_frame(self) -> bytes:
-        head = b"" if self.seq is None else b"id: %d\n" % self.seq
-        return head + b"event: " + self.type.encode() + b"\ndata: " + self.body + b"\n\n"
+        frame = self._frame
+        if frame is None:
+            head = b"" if self.seq is None else b"id: %d\n" % self.seq
+            frame = self._frame = head + b"event: " + self.type.encode() + b"\ndata: " + self.body + b"\n\n"
+        return frame
 
 
 def decode_envelope(raw: bytes) -> Envelope:

@@ -7,6 +7,8 @@ lookup goes through here so that a hot change is seen by the next turn.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gateway.errors import NotFound
 from gateway.settings import AgentConfig, Settings
 
@@ -15,6 +17,12 @@ class AgentDirectory:
     def __init__(self, settings: Settings) -> None:
         self._agents: dict[str, AgentConfig] = dict(settings.agents)
         self._origins: dict[str, str] = {name: "config" for name in settings.agents}
+        self._watchers: list[Callable[[str], None]] = []
+
+    def watch(self, callback: Callable[[str], None]) -> None:
+        """`callback(agent_id)` after an agent is added or its config replaced (the feeds'
+        fan-out asks its scoped readers about that agent again)."""
+        self._watchers.append(callback)
 
     def get(self, agent_id: str) -> AgentConfig:
         try:
@@ -34,6 +42,8 @@ class AgentDirectory:
     def put(self, agent_id: str, config: AgentConfig, origin: str = "process") -> None:
         self._agents[agent_id] = config
         self._origins[agent_id] = origin
+        for callback in self._watchers:
+            callback(agent_id)
 
     def origin(self, agent_id: str) -> str:
         return self._origins.get(agent_id, "config")
