@@ -34,7 +34,9 @@ async def test_a_reader_is_pushed_only_its_agents_and_types() -> None:
     ):
         for agent in ("a", "b", "c"):
             for kind in ("user.message", "bot.token", "bot.message"):
-                bus.publish(Event(type=kind, agent=agent, session_id="s", seq=None if kind == "bot.token" else 1))
+                bus.publish(
+                    Event(type=kind, agent=agent, session_id="s", seq=None if kind == "bot.token" else 1)
+                )
         await settle()
         assert drain(only_a) == [("user.message", "a")]
         assert drain(a_and_b) == [
