@@ -88,6 +88,8 @@ def params_for(args: argparse.Namespace) -> dict[str, Any]:
             seconds=args.seconds or 1,
             clients=args.sse_clients,
             drain_s=0.5,
+            many=args.sse_many if args.sse_many is not None else 1000,
+            many_seconds=1,
         )
         m = memory.MemoryParams(connections=args.connections or 100, settle_s=0.3)
         lp = llm.LlmParams(
@@ -123,6 +125,7 @@ def params_for(args: argparse.Namespace) -> dict[str, Any]:
             rate=args.rate,
             seconds=args.seconds or 10,
             clients=args.sse_clients,
+            many=args.sse_many if args.sse_many is not None else 10_000,
         )
         m = memory.MemoryParams(connections=args.connections or 500)
         lp = llm.LlmParams(chats=args.llm_chats or 150)
@@ -191,6 +194,13 @@ def main() -> int:
         "--seconds", type=float, default=0, help="sse: production window (default 10; quick 1)"
     )
     parser.add_argument("--sse-clients", type=int, default=1, help="sse: subscriber processes")
+    parser.add_argument(
+        "--sse-many",
+        type=int,
+        default=None,
+        help="sse: subscribers of the connection row (default 10000; quick 1000; 0 skips it); "
+        "held by max(--sse-clients, 4, N/2500) processes",
+    )
     parser.add_argument("--connections", type=int, default=0, help="memory: idle connections (default 500)")
     parser.add_argument(
         "--llm-chats", type=int, default=0, help="llm: concurrent paced streams (default 150; quick 30)"

@@ -40,6 +40,12 @@ class SseParams:
     seconds: float = 10.0
     clients: int = 1  # load-generator processes holding the subscribers
     drain_s: float = 1.0  # wait after the last event before counting
+    # The connection row: this many subscribers connect (0 errors wanted), then get
+    # `many_seconds` of events at `rate`. 0 skips it. Held by at least `many_clients`
+    # processes (≤ 2,500 sockets each: the client's CPU, and the fd limit).
+    many: int = 10_000
+    many_seconds: float = 3.0
+    many_clients: int = 4
 
 
 class Producer:
@@ -105,10 +111,12 @@ class Producer:
         await self.client.aclose()
 
 
-async def _spawn_clients(server: ServerProc, p: SseParams) -> list[asyncio.subprocess.Process]:
+async def _spawn_clients(
+    server: ServerProc, subscribers: int, clients: int
+) -> list[asyncio.subprocess.Process]:
     path, auth = ("/v1/events?types=user.message", ADMIN_KEY) if server.kind == "gateway" else ("/events", "")
     procs = []
-    per = [p.subscribers // p.clients + (1 if i < p.subscribers % p.clients else 0) for i in range(p.clients)]
+    per = [subscribers // clients + (1 if i < subscribers % clients else 0) for i in range(clients)]
     for n in per:
         args = ["-m", "bench.sse_client", "--port", str(server.port), "--path", path, "--n", str(n)]
         if auth:
@@ -126,11 +134,15 @@ async def _spawn_clients(server: ServerProc, p: SseParams) -> list[asyncio.subpr
     return procs
 
 
-async def measure(kind: str, p: SseParams, log_dir: Path) -> dict[str, Any]:
+async def measure(kind: str, p: SseParams, log_dir: Path, *, many: bool = False) -> dict[str, Any]:
+    """One server, `p.subscribers` feeds (or, with `many`, `p.many` feeds for `p.many_seconds`)."""
+    subscribers = p.many if many else p.subscribers
+    clients = max(p.clients, p.many_clients, -(-p.many // 2500)) if many else p.clients
+    seconds = p.many_seconds if many else p.seconds
     async with running(kind, log_dir) as server:
         producer = Producer(server)
         await producer.setup()
-        procs = await _spawn_clients(server, p)
+        procs = await _spawn_clients(server, subscribers, clients)
         try:
             t_connect = time.perf_counter()
             ready = 0
@@ -146,7 +158,7 @@ async def measure(kind: str, p: SseParams, log_dir: Path) -> dict[str, Any]:
             rss_connected = server.rss_kb()
             await asyncio.sleep(0.5)
             cpu0, t0 = server.cpu_seconds(), time.perf_counter()
-            sent = await producer.run(p.rate, p.seconds)
+            sent = await producer.run(p.rate, seconds)
             produce_s = time.perf_counter() - t0
             await asyncio.sleep(p.drain_s)  # let the last deliveries land
             cpu = server.cpu_seconds() - cpu0
@@ -180,6 +192,7 @@ async def measure(kind: str, p: SseParams, log_dir: Path) -> dict[str, Any]:
     expected = sent * ready
     return {
         "subscribers": ready,
+        "subscribers_wanted": subscribers,
         "connect_errors": errors,
         "connect_s": connect_s,
         "rss_connected_kb": rss_connected,
@@ -230,4 +243,47 @@ async def run(p: SseParams, log_dir: Path) -> tuple[list[Row], dict[str, Any]]:
         ),
         Row("sse", "server CPU during SSE fan-out", "cores", gw["server_cores"], bare["server_cores"]),
     ]
-    return rows, {"params": p.__dict__, "gateway": gw, "bare": bare}
+    details: dict[str, Any] = {"params": p.__dict__, "gateway": gw, "bare": bare}
+    if p.many:
+        bare_many = await measure("bare", p, log_dir, many=True)
+        gw_many = await measure("gateway", p, log_dir, many=True)
+        n = p.many
+        rows += [
+            Row(
+                "sse",
+                f"SSE subscribers connected, {n} wanted",
+                "",
+                gw_many["subscribers"],
+                bare_many["subscribers"],
+                Target("abs_min", n),
+            ),
+            Row(
+                "sse",
+                f"SSE connect errors, {n} subscribers",
+                "",
+                gw_many["connect_errors"] + n - gw_many["subscribers"],
+                bare_many["connect_errors"] + n - bare_many["subscribers"],
+                Target("abs_max", 0),
+            ),
+            Row(
+                "sse",
+                f"SSE time to connect {n} subscribers",
+                "s",
+                gw_many["connect_s"],
+                bare_many["connect_s"],
+            ),
+            Row(
+                "sse",
+                f"SSE delivered of expected, {n} subs x {r:g} ev/s",
+                "%",
+                gw_many["delivered_pct"],
+                bare_many["delivered_pct"],
+                Target("abs_min", 99.9),
+            ),
+            Row(
+                "sse", f"SSE latency p99, {n} subs x {r:g} ev/s", "ms", gw_many["p99_ms"], bare_many["p99_ms"]
+            ),
+        ]
+        details["gateway_many"] = gw_many
+        details["bare_many"] = bare_many
+    return rows, details

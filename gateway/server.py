@@ -47,6 +47,7 @@ from gateway.api.takeover import TakeoverRoutes
 from gateway.api.tokens import TokenRoutes
 from gateway.auth import Auth, origin_allowed
 from gateway.bus.facade import Bus
+from gateway.bus.fanout import Fanout
 from gateway.conversations import ConversationService
 from gateway.delivery import Delivery
 from gateway.directory import AgentDirectory
@@ -181,6 +182,9 @@ def create_app(
     messaging = TwilioMessaging(rt, twilio)
     rt.deliveries[TWILIO] = messaging
     outbound = TwilioOutbound(rt, twilio, messaging)
+    # One reader of the global topic for every feed and agent socket (gateway/bus/fanout.py).
+    fanout = Fanout(rt.bus)
+    rt.directory.watch(fanout.agent_changed)
     routes: list[BaseRoute] = [Route("/v1/tokens", _preflight(rt), methods=["OPTIONS"])]
     for part in (
         TokenRoutes(rt),
@@ -189,9 +193,9 @@ def create_app(
         SessionRoutes(rt),
         PricingRoutes(rt),
         TakeoverRoutes(rt),
-        FeedChannel(rt),
+        FeedChannel(rt, fanout),
         ChatChannel(rt),
-        AgentSocket(rt, rt.agents.hub),
+        AgentSocket(rt, rt.agents.hub, fanout),
         whatsapp,
         messaging,
         outbound,

@@ -36,10 +36,9 @@ PING = b": ping\n\n"
 
 
 class FeedChannel:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, fanout: Fanout) -> None:
         self.rt = runtime
-        self.fanout = Fanout(runtime.bus)
-        runtime.directory.watch(self.fanout.agent_changed)
+        self.fanout = fanout
         server = runtime.settings.server
         self.keeper = FeedKeeper(ping=server.sse_ping_seconds, send_timeout=server.sse_send_timeout_seconds)
 

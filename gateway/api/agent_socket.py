@@ -20,7 +20,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from gateway import ids, sanitizer
 from gateway.agents.remote import ProcessHub, ProcessLink, ReplyItem
 from gateway.auth import Principal
-from gateway.bus.base import Subscription, SubscriptionClosed
+from gateway.bus.base import SubscriptionClosed
+from gateway.bus.fanout import Fanout, Inbox, Interest
 from gateway.codec import dumps
 from gateway.errors import GatewayError
 from gateway.events import Event
@@ -77,9 +78,10 @@ def decode_frame(raw: str | bytes, *, max_bytes: int) -> tuple[dict[str, Any], s
 
 
 class AgentSocket:
-    def __init__(self, runtime: Runtime, hub: ProcessHub) -> None:
+    def __init__(self, runtime: Runtime, hub: ProcessHub, fanout: Fanout) -> None:
         self.rt = runtime
         self.hub = hub
+        self.fanout = fanout
 
     def routes(self) -> list[BaseRoute]:
         return [WebSocketRoute("/v1/agents/ws", self.endpoint)]
@@ -97,7 +99,7 @@ class AgentSocket:
             if principal.read_only:
                 await ws.close(4403, "read-only keys cannot serve agents")
                 return
-            await AgentConnection(ws, self.rt, self.hub, principal).run()
+            await AgentConnection(ws, self.rt, self.hub, self.fanout, principal).run()
         except WebSocketDisconnect:
             pass
         finally:
@@ -105,10 +107,14 @@ class AgentSocket:
 
 
 class AgentConnection:
-    def __init__(self, ws: WebSocket, rt: Runtime, hub: ProcessHub, principal: Principal) -> None:
+    def __init__(
+        self, ws: WebSocket, rt: Runtime, hub: ProcessHub, fanout: Fanout, principal: Principal
+    ) -> None:
         self.ws = ws
         self.rt = rt
         self.hub = hub
+        self.fanout = fanout
+        self._inbox: Inbox | None = None
         self.principal = principal
         self._send_lock = asyncio.Lock()
         self.link = ProcessLink(self.send, principal.name)
@@ -133,8 +139,12 @@ class AgentConnection:
 
     async def run(self) -> None:
         try:
-            async with self.rt.bus.subscribe_all(20_000) as sub:
-                await first_completed(self._reader(), self._writer(sub), self._heartbeat(), self._stopping())
+            # Pushed only the events of the agents this process registers (`follow`).
+            async with self.fanout.open(Interest(agents=frozenset()), 20_000) as inbox:
+                self._inbox = inbox
+                await first_completed(
+                    self._reader(), self._writer(inbox), self._heartbeat(), self._stopping()
+                )
         finally:
             self.link.close()
             gone = self.hub.detach(self.link)
@@ -266,6 +276,8 @@ class AgentConnection:
         first = agent_id not in self.agents
         self.agents[agent_id] = None  # live events for it are buffered until the replay is sent
         self._buffered.setdefault(agent_id, [])
+        if self._inbox is not None:
+            self.fanout.follow(self._inbox, agent_id)
         if agent_id in self.rt.directory and self.rt.directory.origin(agent_id) == "config":
             self.rt.directory.put(agent_id, config, origin="config")  # served, never redefined
         else:
@@ -466,26 +478,25 @@ class AgentConnection:
 
     # ----------------------------------------------------------------- writer
 
-    async def _writer(self, sub: Subscription) -> None:
+    async def _writer(self, inbox: Inbox) -> None:
         while True:
             try:
-                raw = await sub.get()
+                env = await inbox.get()
             except SubscriptionClosed as exc:
                 if exc.overflowed:
                     await self.ws.close(1013, "fell behind; reconnect and register with last_seq")
                 return
-            header, _, body = raw.partition(b"\n")
-            type_, seq, agent, _session = header.split(b"\t")
-            if type_ == b"bot.token" or not seq:
+            seq = env.seq
+            if seq is None:  # live-only events (tokens, stream ends) are not for processes
                 continue
-            name = agent.decode()
+            name = env.agent
             if name not in self.agents:
                 continue
             high = self.agents[name]
             if high is None:
-                self._buffered[name].append((int(seq), body))
-            elif int(seq) > high:
-                await self.send_text(body.decode())
+                self._buffered[name].append((seq, env.body))
+            elif seq > high:
+                await self.send_text(env.body.decode())
 
 
 def _history(value: Any) -> list[NewMessage]:

@@ -138,6 +138,11 @@ class Fanout:
             inbox.close()
             self._remove(inbox)
 
+    def follow(self, inbox: Inbox, agent: str) -> None:
+        """From now on, also push `agent`'s events to `inbox` (an agent socket registers one)."""
+        if agent not in inbox.agents and not inbox.closed:
+            self._add(inbox, agent)
+
     def agent_changed(self, agent: str) -> None:
         """The directory added or changed `agent`: ask the late readers about it again."""
         for inbox in self._late:

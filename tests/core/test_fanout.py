@@ -103,3 +103,18 @@ async def test_the_bus_going_away_ends_every_reader() -> None:
         await bus.disconnect()
         await settle()
         assert inbox.closed and not inbox.overflowed
+
+
+async def test_an_agent_socket_follows_each_agent_it_registers() -> None:
+    bus = Bus.from_url("memory://")
+    fanout = Fanout(bus)
+    async with fanout.open(Interest(agents=frozenset()), 100) as inbox:
+        bus.publish(Event(type="user.message", agent="a", seq=1))
+        fanout.follow(inbox, "a")
+        bus.publish(Event(type="user.message", agent="a", seq=2))
+        bus.publish(Event(type="user.message", agent="b", seq=3))
+        await settle()
+        envs = []
+        while (env := inbox.get_nowait()) is not None:
+            envs.append((env.agent, env.seq))
+        assert envs == [("a", 2)]
