@@ -110,6 +110,7 @@ async def test_an_agent_socket_follows_each_agent_it_registers() -> None:
     fanout = Fanout(bus)
     async with fanout.open(Interest(agents=frozenset()), 100) as inbox:
         bus.publish(Event(type="user.message", agent="a", seq=1))
+        await settle()
         fanout.follow(inbox, "a")
         bus.publish(Event(type="user.message", agent="a", seq=2))
         bus.publish(Event(type="user.message", agent="b", seq=3))
