@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -12,9 +11,18 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from channels.chat.protocol import FrameError, Ping, SetContext, UserText, parse_client_frame
 from gateway import sanitizer
 from gateway.bus.base import SubscriptionClosed
-from gateway.codec import dumps
+from gateway.codec import decode_event, dumps
 from gateway.errors import GatewayError, Unauthorized
-from gateway.events import ContactRef, InboundMessage
+from gateway.events import (
+    BotMessage,
+    BotToken,
+    ContactRef,
+    InboundMessage,
+    SessionEnded,
+    SessionError,
+    SessionIdleWarning,
+    SessionTimeout,
+)
 from gateway.runtime import Runtime
 from gateway.store.records import SessionRecord
 from gateway.tasks import first_completed
@@ -179,44 +187,27 @@ class ChatConnection:
                 if exc.overflowed:
                     await self.ws.close(CLOSE_TRY_AGAIN, "client fell behind; reconnect to resume")
                 return
-            header, _, body = raw.partition(b"\n")
-            kind = header[: header.index(b"\t")]
-            if kind == b"bot.token":
-                obj = json.loads(body)
-                await self.send({"event": "chat.token", "messageId": obj["messageId"], "text": obj["text"]})
-            elif kind == b"bot.message":
-                obj = json.loads(body)
-                if obj.get("source") == "human":
+            match decode_event(raw):
+                case BotToken(message_id=mid, text=text):
+                    await self.send({"event": "chat.token", "messageId": mid, "text": text})
+                case BotMessage(message_id=mid, text=text, source="human"):
                     await self.send(
-                        {
-                            "event": "chat.message",
-                            "messageId": obj["messageId"],
-                            "text": obj["text"],
-                            "source": "human",
-                        }
+                        {"event": "chat.message", "messageId": mid, "text": text, "source": "human"}
                     )
-                else:
+                case BotMessage(message_id=mid, text=text):
+                    await self.send({"event": "chat.done", "messageId": mid, "text": text})
+                case SessionError(code=code, message=message):
                     await self.send(
-                        {"event": "chat.done", "messageId": obj["messageId"], "text": obj["text"]}
+                        {"event": "chat.error", "code": code or "agent_error", "message": message or ""}
                     )
-            elif kind == b"session.error":
-                obj = json.loads(body)
-                await self.send(
-                    {
-                        "event": "chat.error",
-                        "code": obj.get("code", "agent_error"),
-                        "message": obj.get("message", ""),
+                case SessionIdleWarning(data=data):
+                    warning = {
+                        k: data[k] for k in ("remainingSeconds", "idleTimeoutSeconds", "final") if k in data
                     }
-                )
-            elif kind == b"session.idleWarning":
-                obj = json.loads(body)
-                warning = {k: obj[k] for k in ("remainingSeconds", "idleTimeoutSeconds", "final") if k in obj}
-                await self.send({"event": "chat.idleWarning", **warning})
-            elif kind == b"session.timeout":
-                obj = json.loads(body)
-                await self.send({"event": "chat.timeout", "reason": obj.get("reason")})
-            elif kind == b"session.ended":
-                obj = json.loads(body)
-                await self.send({"event": "chat.ended", "reason": obj.get("reason")})
-                await self.ws.close(1000, "session ended")
-                return
+                    await self.send({"event": "chat.idleWarning", **warning})
+                case SessionTimeout(reason=reason):
+                    await self.send({"event": "chat.timeout", "reason": reason})
+                case SessionEnded(reason=reason):
+                    await self.send({"event": "chat.ended", "reason": reason})
+                    await self.ws.close(1000, "session ended")
+                    return

@@ -9,7 +9,6 @@ agents and the API go out through `send`, serialized with the writer's.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,9 +18,19 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from channels.twilio import relay_protocol as rp
 from gateway.bus.base import Subscription, SubscriptionClosed
-from gateway.codec import bounded, dumps
+from gateway.codec import bounded, decode_event, dumps
 from gateway.errors import GatewayError
-from gateway.events import Event, InboundMessage, now_ms
+from gateway.events import (
+    BotCancelled,
+    BotMessage,
+    BotStreamEnd,
+    BotToken,
+    Event,
+    InboundMessage,
+    SessionEnded,
+    SessionError,
+    now_ms,
+)
 from gateway.runtime import Runtime
 from gateway.settings import PhoneConfig
 from gateway.store.records import SessionRecord
@@ -245,54 +254,46 @@ class RelayConnection:
                 # reply in flight may be cut; closing would hang up on the caller.
                 log.warning("relay fell behind its session feed", extra={"session_id": self.sid})
                 return
-            header, _, body = raw.partition(b"\n")
-            kind = header[: header.index(b"\t")]
-            if kind == b"bot.token":
-                obj = json.loads(body)
-                mid = obj["messageId"]
-                if self.ended or mid in self._cut:
-                    continue
-                self.speaking = self._open_cycle = mid
-                self._streamed.setdefault(mid, []).append(obj["text"])
-                await self.send(rp.text(obj["text"], False))
-            elif kind == b"bot.message":
-                obj = json.loads(body)
-                await self._bot_message(obj)
-            elif kind == b"bot.streamEnd":
-                obj = json.loads(body)
-                if self._open_cycle == obj.get("messageId"):
-                    self._open_cycle = None
-                    self.storing = obj.get("messageId")
-                    await self.send(rp.text("", True))
-            elif kind == b"bot.cancelled":
-                obj = json.loads(body)
-                if self._open_cycle == obj.get("messageId"):
-                    self._open_cycle = None
-                    await self.send(rp.text("", True))
-            elif kind == b"session.error":
-                obj = json.loads(body)
-                # A failed turn (it names the message it answered): say something rather than nothing.
-                if obj.get("inReplyTo") and self.phone.error_message and not self.ended:
-                    self._open_cycle = None
-                    await self.send(rp.text(self.phone.error_message, True))
-            elif kind == b"session.ended":
-                obj = json.loads(body)
-                if not self.ended:
-                    self.ended = True
-                    await self.send(rp.end({"reason": obj.get("reason")}))
-                await self.close()
-                return
+            match decode_event(raw):
+                case BotToken(message_id=mid, text=text):
+                    if self.ended or mid in self._cut:
+                        continue
+                    self.speaking = self._open_cycle = mid
+                    self._streamed.setdefault(mid, []).append(text)
+                    await self.send(rp.text(text, False))
+                case BotMessage() as message:
+                    await self._bot_message(message)
+                case BotStreamEnd(message_id=mid):
+                    if self._open_cycle == mid:
+                        self._open_cycle = None
+                        self.storing = mid
+                        await self.send(rp.text("", True))
+                case BotCancelled(message_id=mid):
+                    if self._open_cycle == mid:
+                        self._open_cycle = None
+                        await self.send(rp.text("", True))
+                case SessionError(in_reply_to=in_reply_to):
+                    # A failed turn (it names the message it answered): say something rather than nothing.
+                    if in_reply_to and self.phone.error_message and not self.ended:
+                        self._open_cycle = None
+                        await self.send(rp.text(self.phone.error_message, True))
+                case SessionEnded(reason=reason):
+                    if not self.ended:
+                        self.ended = True
+                        await self.send(rp.end({"reason": reason}))
+                    await self.close()
+                    return
 
-    async def _bot_message(self, obj: dict[str, Any]) -> None:
-        mid = obj.get("messageId")
+    async def _bot_message(self, m: BotMessage) -> None:
+        mid = m.message_id
         if self.storing == mid:
             self.storing = None
-        if self.ended or obj.get("greeting") or obj.get("interrupted"):
-            if obj.get("greeting"):
+        if self.ended or m.greeting or m.interrupted:
+            if m.greeting:
                 self.speaking = mid  # Twilio says the welcome greeting itself
             return
-        text = obj.get("text") or ""
-        if obj.get("source") == "human" or mid not in self._streamed:
+        text = m.text
+        if m.source == "human" or mid not in self._streamed:
             # An operator's words, or a reply that came whole (no deltas): say it in one go.
             if text.strip():
                 self.speaking = mid
@@ -300,9 +301,8 @@ class RelayConnection:
         elif self._open_cycle == mid:
             self._open_cycle = None
             await self.send(rp.text("", True))
-        if isinstance(mid, str):
-            self._streamed.pop(mid, None)
-        if self.after_reply is not None and obj.get("source") != "human":
+        self._streamed.pop(mid, None)
+        if self.after_reply is not None and m.source != "human":
             action, args = self.after_reply
             self.after_reply = None
             wait = min(MAX_SPEECH_WAIT, len(text) / SPEECH_CHARS_PER_SECOND)

@@ -20,9 +20,19 @@ from gateway.api.http import error
 from gateway.api.models import ContactObject, MessageRequest
 from gateway.api.operation import ApiRoute, parse_body
 from gateway.bus.base import Subscription, SubscriptionClosed
+from gateway.codec import decode_event
 from gateway.conversations import check_text
 from gateway.errors import Conflict, NotFound
-from gateway.events import ContactRef, InboundMessage
+from gateway.events import (
+    BotCancelled,
+    BotMessage,
+    BotToken,
+    ContactRef,
+    InboundMessage,
+    SessionEnded,
+    SessionError,
+    SessionPaused,
+)
 from gateway.runtime import Runtime
 from gateway.store.records import SessionRecord
 from gateway.store.sql import SessionQuery
@@ -164,36 +174,30 @@ async def _reply(sub: Subscription, message_id: str) -> AsyncIterator[tuple[str,
     try:
         async with asyncio.timeout(REPLY_TIMEOUT_SECONDS):
             while True:
-                raw = await sub.get()
-                header, _, body = raw.partition(b"\n")
-                kind = header[: header.index(b"\t")]
-                if kind == b"bot.token":
-                    obj = json.loads(body)
-                    if reply_id is None and obj.get("inReplyTo", "") >= message_id:
-                        reply_id = obj["messageId"]  # ids sort by time: this turn includes ours
-                    if obj["messageId"] == reply_id:
-                        yield "token", {"messageId": obj["messageId"], "text": obj["text"]}
-                elif kind == b"bot.message":
-                    obj = json.loads(body)
-                    if message_id in obj.get("answered", [obj.get("inReplyTo")]):
-                        yield "done", {"messageId": obj["messageId"], "text": obj["text"]}
+                match decode_event(await sub.get()):
+                    case BotToken(message_id=mid, in_reply_to=in_reply_to, text=text):
+                        if reply_id is None and (in_reply_to or "") >= message_id:
+                            reply_id = mid  # ids sort by time: this turn includes ours
+                        if mid == reply_id:
+                            yield "token", {"messageId": mid, "text": text}
+                    case BotMessage() as m:
+                        if message_id in (m.answered if "answered" in m.data else (m.in_reply_to,)):
+                            yield "done", {"messageId": m.message_id, "text": m.text}
+                            return
+                    case SessionError(code=code, message=msg, in_reply_to=in_reply_to, answered=answered):
+                        if in_reply_to == message_id or message_id in answered:
+                            yield "error", {"code": code, "message": msg}
+                            return
+                    case SessionEnded():
+                        yield "error", {"code": "session_ended", "message": "the session ended"}
                         return
-                elif kind == b"session.error":
-                    obj = json.loads(body)
-                    if obj.get("inReplyTo") == message_id or message_id in obj.get("answered", []):
-                        yield "error", {"code": obj.get("code"), "message": obj.get("message")}
-                        return
-                elif kind == b"session.ended":
-                    yield "error", {"code": "session_ended", "message": "the session ended"}
-                    return
-                elif kind == b"session.paused":  # a human took over before the reply
-                    if json.loads(body).get("by") != "agent":  # not the agent's own request_human
-                        yield "cancelled", {"messageId": None}
-                        return
-                elif kind == b"bot.cancelled":
-                    obj = json.loads(body)
-                    if message_id in obj.get("answered", []):
-                        yield "cancelled", {"messageId": obj["messageId"]}
-                        return
+                    case SessionPaused(by=by):  # a human took over before the reply
+                        if by != "agent":  # not the agent's own request_human
+                            yield "cancelled", {"messageId": None}
+                            return
+                    case BotCancelled(message_id=mid, answered=answered):
+                        if message_id in answered:
+                            yield "cancelled", {"messageId": mid}
+                            return
     except (TimeoutError, SubscriptionClosed):
         return
