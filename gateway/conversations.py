@@ -526,19 +526,23 @@ class ConversationService:
         """A turn waits for its tenant's slot before it takes a gateway-wide one, so a
         tenant's flood never holds the slots other tenants need (docs/tenants.md, "Limits")."""
         try:
-            session = await self.store.session(session_id)
+            state = await self.store.turn_state(session_id)
         except Exception:  # the turn itself will meet (and retry) the database error
-            session = None
+            state = None
+        session = None if state is None else state[0]
         config = None if session is None else self.directory.find(session.agent_id)
         async with self.tenant_gate.slot(None if config is None else config.tenant):
             yield
 
     async def _run_turn(self, session_id: str) -> None:
         async with self._reading:
-            session = await self.store.session(session_id)
-            if session is None or not session.active or session.paused:
-                return  # paused: a human has the conversation; no agent turn runs
-            messages = await self.store.messages(session_id)
+            # From the hot state its inbound message left (gateway/store/hot.py), or read once.
+            state = await self.store.turn_state(session_id)
+        if state is None:
+            return
+        session, messages = state
+        if not session.active or session.paused:
+            return  # paused: a human has the conversation; no agent turn runs
         pending = [m for m in messages if m.pending and m.role == "user"]
         if not pending:
             return
@@ -693,7 +697,7 @@ class ConversationService:
         outbox: list[OutboxPart] = []
         notices: list[Event] = []
         if delivery is not None and text.strip():
-            latest = await self.store.session(session_id) or session
+            latest = state[0] if (state := await self.store.turn_state(session_id)) else session
             rest, first_part = (paragraphs.rest(text), paragraphs.count) if paragraphs else (text, 0)
             if not rest.strip():
                 pass  # progressive mode already queued every paragraph

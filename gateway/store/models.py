@@ -131,6 +131,8 @@ class SessionRow(Base):
     window_closed_at: Mapped[int | None]
     # The channel address of the business side (a WhatsApp phone_number_id, a Twilio number).
     endpoint: Mapped[str | None] = mapped_column(String(128), index=True)  # a call is found by CallSid
+    # Bumped by every write to the session or its messages (gateway/store/hot.py).
+    version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class MessageRow(Base):

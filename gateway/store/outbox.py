@@ -8,7 +8,7 @@ out of order; a status that would move backwards is ignored (and emits nothing).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ from gateway import ids
 from gateway.events import Event, now_ms
 from gateway.store.models import MessageRow, OutboxRow, SessionRow
 from gateway.store.records import OutboxItem
+from gateway.store.writer import after_commit
 from gateway.types import EventType
 
 if TYPE_CHECKING:
@@ -52,10 +53,70 @@ class OutboxQueries:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        # Outbox jobs go first in the writer's queue: replies leave while a burst runs.
+        self._writer = store.writer
+        # The seam to the sender: called after a commit that queued parts, with those parts
+        # (in commit order), so a sender need not poll for them.
+        self.on_queued: Callable[[list[OutboxItem]], None] | None = None
 
-    def _write(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
-        # Outbox writes jump the queue of turn writes: replies leave while a burst runs.
-        return self._store._write(urgent=True)
+    def queued_rows(
+        self,
+        *,
+        channel: str,
+        agent_id: str,
+        session_id: str,
+        message_id: str,
+        parts: Sequence[OutboxPart],
+        now: int,
+    ) -> list[dict[str, Any]]:
+        """The outbox rows of a reply, as Core INSERT values."""
+        return [
+            {
+                "id": ids.message_id().replace("msg_", "out_"),
+                "idempotency_key": p.key or f"{message_id}:{p.part}",
+                "channel": channel,
+                "agent_id": agent_id,
+                "session_id": session_id,
+                "message_id": message_id,
+                "part": p.part,
+                "parts": p.parts,
+                "payload": p.payload,
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "provider_message_id": None,
+                "delivery": None,
+                "last_error": None,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for p in parts
+        ]
+
+    def after_queued(self, s: AsyncSession, rows: Sequence[dict[str, Any]], endpoint: str | None) -> None:
+        """Hand the parts a transaction queued to `on_queued` once it has committed."""
+        items = [
+            OutboxItem(
+                id=r["id"],
+                idempotency_key=r["idempotency_key"],
+                channel=r["channel"],
+                agent_id=r["agent_id"],
+                session_id=r["session_id"],
+                message_id=r["message_id"],
+                part=r["part"],
+                parts=r["parts"],
+                payload=r["payload"],
+                attempts=0,
+                endpoint=endpoint,
+            )
+            for r in rows
+        ]
+
+        def hand_over() -> None:
+            if self.on_queued is not None:
+                self.on_queued(items)
+
+        after_commit(s, hand_over)
 
     def _read(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
         return self._store._read()
@@ -102,7 +163,8 @@ class OutboxQueries:
         """Queue parts outside a reply's transaction; a part whose key is already queued is
         skipped (a re-run turn never queues the same progressive paragraph twice)."""
         now = now_ms()
-        async with self._write() as s:
+
+        async def job(s: AsyncSession) -> list[Event]:
             row = await s.get_one(SessionRow, session_id)
             wanted = [p.key or f"{message_id}:{p.part}" for p in parts]
             known = set(
@@ -110,18 +172,20 @@ class OutboxQueries:
                     select(OutboxRow.idempotency_key).where(OutboxRow.idempotency_key.in_(wanted))
                 )
             )
-            parts = [p for p, key in zip(parts, wanted, strict=True) if key not in known]
+            fresh = [p for p, key in zip(parts, wanted, strict=True) if key not in known]
             s.add_all(
                 self._outbox_rows(
                     channel=row.channel,
                     agent_id=row.agent_id,
                     session_id=session_id,
                     message_id=message_id,
-                    parts=parts,
+                    parts=fresh,
                     now=now,
                 )
             )
             return await self._append(s, events)
+
+        return await self._writer.run(job, urgent=True)
 
     async def claim_due(self, limit: int = 32) -> list[OutboxItem]:
         """Claim the next part of each session whose turn to send has come.
@@ -139,7 +203,8 @@ class OutboxQueries:
             )
         if due is None:
             return []
-        async with self._write() as s:
+
+        async def job(s: AsyncSession) -> list[OutboxItem]:
             busy = set(
                 await s.scalars(
                     select(OutboxRow.session_id).where(OutboxRow.status.in_(("sending", "uncertain")))
@@ -170,20 +235,26 @@ class OutboxQueries:
                     endpoints[row.session_id] = (await s.get_one(SessionRow, row.session_id)).endpoint
             return [_item(r, endpoints[r.session_id]) for r in claimed]
 
+        return await self._writer.run(job, urgent=True)
+
     async def release(self, outbox_ids: Sequence[str]) -> None:
         """Give back claimed parts whose send never started (a claim cut by shutdown)."""
         if not outbox_ids:
             return
-        async with self._write() as s:
+
+        async def job(s: AsyncSession) -> None:
             await s.execute(
                 update(OutboxRow)
                 .where(OutboxRow.id.in_(list(outbox_ids)), OutboxRow.status == "sending")
                 .values(status="pending", attempts=OutboxRow.attempts - 1, updated_at=now_ms())
             )
 
+        return await self._writer.run(job, urgent=True)
+
     async def mark_sent(self, outbox_id: str, provider_message_id: str) -> list[Event]:
         now = now_ms()
-        async with self._write() as s:
+
+        async def job(s: AsyncSession) -> list[Event]:
             row = await s.get_one(OutboxRow, outbox_id)
             row.status, row.provider_message_id, row.updated_at = "sent", provider_message_id, now
             if not advances(row.delivery, "sent"):
@@ -191,20 +262,25 @@ class OutboxQueries:
             row.delivery = "sent"
             return await self._delivery_changed(s, row, "sent", None)
 
+        return await self._writer.run(job, urgent=True)
+
     # A send's own outcome is recorded only while the part is still `sending`: a receipt
     # that arrived first (the provider's status webhook can overtake a slow or timed-out
     # response) already proved it went out, and must not be undone into a resend.
 
     async def mark_retry(self, outbox_id: str, at: int, error: dict[str, Any]) -> None:
-        async with self._write() as s:
+        async def job(s: AsyncSession) -> None:
             row = await s.get_one(OutboxRow, outbox_id)
             if row.status != "sending":
                 return
             row.status, row.next_attempt_at, row.last_error, row.updated_at = "pending", at, error, now_ms()
 
+        return await self._writer.run(job, urgent=True)
+
     async def mark_uncertain(self, outbox_id: str, grace_ms: int, error: dict[str, Any]) -> None:
         now = now_ms()
-        async with self._write() as s:
+
+        async def job(s: AsyncSession) -> None:
             row = await s.get_one(OutboxRow, outbox_id)
             if row.status != "sending":
                 return
@@ -215,13 +291,17 @@ class OutboxQueries:
                 now,
             )
 
+        return await self._writer.run(job, urgent=True)
+
     async def mark_failed(self, outbox_id: str, error: dict[str, Any]) -> list[Event]:
-        async with self._write() as s:
+        async def job(s: AsyncSession) -> list[Event]:
             row = await s.get_one(OutboxRow, outbox_id)
             if row.status != "sending":
                 return []
             row.status, row.delivery, row.last_error, row.updated_at = "failed", FINAL, error, now_ms()
             return await self._delivery_changed(s, row, FINAL, error)
+
+        return await self._writer.run(job, urgent=True)
 
     async def recover_in_flight(self, grace_ms: int) -> int:
         """At start-up: a part claimed by a process that died may or may not have gone out.
@@ -231,7 +311,8 @@ class OutboxQueries:
         when the provider retries, after the restart, and must find the part still waiting.
         """
         now = now_ms()
-        async with self._write() as s:
+
+        async def job(s: AsyncSession) -> int:
             res = await s.execute(
                 update(OutboxRow)
                 .where(OutboxRow.status == "sending")
@@ -244,6 +325,8 @@ class OutboxQueries:
             )
             return int(res.rowcount or 0)  # type: ignore[attr-defined]
 
+        return await self._writer.run(job, urgent=True)
+
     async def expire_uncertain(self, max_attempts: int) -> list[Event]:
         """Uncertain parts that no receipt settled within the grace period are sent again.
 
@@ -252,8 +335,9 @@ class OutboxQueries:
         duplicate is better than a lost reply). A part out of attempts fails instead.
         """
         now = now_ms()
-        events: list[Event] = []
-        async with self._write() as s:
+
+        async def job(s: AsyncSession) -> list[Event]:
+            events: list[Event] = []
             rows = (
                 await s.scalars(
                     select(OutboxRow).where(OutboxRow.status == "uncertain", OutboxRow.next_attempt_at <= now)
@@ -272,7 +356,9 @@ class OutboxQueries:
                     continue
                 row.status, row.delivery, row.last_error, row.updated_at = "failed", FINAL, error, now
                 events += await self._delivery_changed(s, row, FINAL, error)
-        return events
+            return events
+
+        return await self._writer.run(job, urgent=True)
 
     async def delivery_status(
         self,
@@ -284,7 +370,8 @@ class OutboxQueries:
         idempotency_key: str | None = None,
     ) -> list[Event]:
         """A provider's receipt for a message we sent. Returns the events it caused (maybe none)."""
-        async with self._write() as s:
+
+        async def job(s: AsyncSession) -> list[Event]:
             row = await s.scalar(
                 select(OutboxRow).where(
                     OutboxRow.channel == channel, OutboxRow.provider_message_id == provider_message_id
@@ -304,11 +391,20 @@ class OutboxQueries:
                 row.last_error = error
             return await self._delivery_changed(s, row, status, error)
 
+        return await self._writer.run(job, urgent=True)
+
     async def close_window(self, session_id: str) -> None:
-        async with self._write() as s:
+        hot = self._store.hot
+
+        async def job(s: AsyncSession) -> None:
             await s.execute(
-                update(SessionRow).where(SessionRow.id == session_id).values(window_closed_at=now_ms())
+                update(SessionRow)
+                .where(SessionRow.id == session_id)
+                .values(window_closed_at=now_ms(), version=SessionRow.version + 1)
             )
+            after_commit(s, lambda: hot.drop([session_id]))
+
+        return await self._writer.run(job, urgent=True)
 
     async def outbox_for(self, message_id: str) -> list[dict[str, Any]]:
         async with self._read() as s:

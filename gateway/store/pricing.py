@@ -41,9 +41,7 @@ class PricingQueries:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-
-    def _write(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
-        return self._store._write()
+        self._writer = store.writer
 
     def _read(self) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
         return self._store._read()
@@ -68,7 +66,8 @@ class PricingQueries:
         match = OutboxRow.provider_message_id == provider_message_id
         if idempotency_key:
             match = or_(match, OutboxRow.idempotency_key == idempotency_key)
-        async with self._write() as s:
+
+        async def job(s: AsyncSession) -> tuple[str, str, str | None] | None:
             row = await s.scalar(select(OutboxRow).where(OutboxRow.channel == channel, match).limit(1))
             if row is None:
                 return None
@@ -92,6 +91,8 @@ class PricingQueries:
             if first and row.pricing_category is not None:
                 return row.agent_id, row.pricing_category, row.pricing_type
             return None
+
+        return await self._writer.run(job)
 
     async def summary(
         self,

@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, or_, select, text, update
+from sqlalchemy.exc import NoResultFound
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway import ids
 from gateway.events import ContactRef, Event, now_ms
-from gateway.store.lock import WriteLock
+from gateway.store.hot import HotSessions
 from gateway.store.models import (
     AgentRow,
     ApiKeyRow,
@@ -47,9 +48,8 @@ from gateway.store.records import (
     SessionRecord,
     TokenRecord,
 )
+from gateway.store.writer import Writer, after_commit, lock_event_log
 from gateway.types import Channel, EventType, SessionStatus
-
-_EVENT_LOCK_KEY = 7_270_001
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -107,26 +107,31 @@ class Store:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._pg = engine.dialect.name == "postgresql"
-        self._write_lock = WriteLock()
-        self.on_commit = on_commit
+        self._writer = Writer(self._sessions, postgres=self._pg, on_commit=on_commit)
+        self._ingest = _IngestGroup(self)
+        self.hot = HotSessions()
         self.outbox = OutboxQueries(self)
         self.pricing = PricingQueries(self)
 
+    @property
+    def on_commit(self) -> Callable[[list[Event]], None] | None:
+        return self._writer.on_commit
+
+    @on_commit.setter
+    def on_commit(self, value: Callable[[list[Event]], None] | None) -> None:
+        self._writer.on_commit = value
+
+    @property
+    def writer(self) -> Writer:
+        return self._writer
+
     async def close(self) -> None:
+        await self._writer.close()
         await self.engine.dispose()
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
-
-    @contextlib.asynccontextmanager
-    async def _write(self, *, urgent: bool = False) -> AsyncIterator[AsyncSession]:
-        async with self._write_lock.hold(urgent=urgent):
-            async with self._sessions.begin() as s:
-                yield s
-            appended: list[Event] = s.info.get("events", [])
-            if appended and self.on_commit is not None:
-                self.on_commit(appended)
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncSession]:
@@ -139,8 +144,7 @@ class Store:
         events = list(events)
         if not events:
             return []
-        if self._pg:
-            await s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _EVENT_LOCK_KEY})
+        await lock_event_log(s)
         # Core, not ORM objects: one multi-row INSERT … RETURNING seq, in the events' order.
         rows = [
             {
@@ -160,8 +164,10 @@ class Store:
         return stored
 
     async def append_events(self, events: Iterable[Event]) -> list[Event]:
-        async with self._write() as s:
+        async def job(s: AsyncSession) -> list[Event]:
             return await self._append(s, events)
+
+        return await self._writer.run(job)
 
     async def events_after(
         self,
@@ -191,7 +197,8 @@ class Store:
 
     async def sync_agents(self, configs: dict[str, dict[str, Any]], origin: str = "config") -> None:
         now = now_ms()
-        async with self._write() as s:
+
+        async def job(s: AsyncSession) -> None:
             existing = {r.id: r for r in (await s.scalars(select(AgentRow))).all()}
             for agent_id, config in configs.items():
                 row = existing.get(agent_id)
@@ -211,6 +218,8 @@ class Store:
                 elif row.config != config or row.origin != origin or row.tenant != tenant:
                     row.config, row.origin, row.tenant, row.updated_at = config, origin, tenant, now
 
+        return await self._writer.run(job)
+
     async def agent_rows(self) -> dict[str, tuple[str, dict[str, Any], bool]]:
         async with self._read() as s:
             rows = (await s.scalars(select(AgentRow))).all()
@@ -229,22 +238,27 @@ class Store:
         read_only: bool = False,
         admin: bool = False,
     ) -> ApiKeyRecord:
-        row = ApiKeyRow(
-            id=ids.key_id(),
-            name=name,
-            prefix=prefix,
-            sha256=sha256,
-            tenant=tenant,
-            agents=agents,
-            read_only=read_only,
-            admin=admin,
-            created_at=now_ms(),
-            revoked_at=None,
-            last_used_at=None,
-        )
-        async with self._write() as s:
+        key_id, created = ids.key_id(), now_ms()
+
+        async def job(s: AsyncSession) -> ApiKeyRecord:
+            row = ApiKeyRow(
+                id=key_id,
+                name=name,
+                prefix=prefix,
+                sha256=sha256,
+                tenant=tenant,
+                agents=agents,
+                read_only=read_only,
+                admin=admin,
+                created_at=created,
+                revoked_at=None,
+                last_used_at=None,
+            )
             s.add(row)
-        return _key(row)
+            await s.flush()
+            return _key(row)
+
+        return await self._writer.run(job)
 
     async def api_key_by_hash(self, sha256: str) -> ApiKeyRecord | None:
         async with self._read() as s:
@@ -257,11 +271,14 @@ class Store:
 
     async def touch_api_key(self, key_id: str, at: int) -> None:
         """Record a key's last use (callers throttle this to about once a minute)."""
-        async with self._write() as s:
+
+        async def job(s: AsyncSession) -> None:
             await s.execute(update(ApiKeyRow).where(ApiKeyRow.id == key_id).values(last_used_at=at))
 
+        return await self._writer.run(job)
+
     async def revoke_api_key(self, key: str) -> bool:
-        async with self._write() as s:
+        async def job(s: AsyncSession) -> bool:
             res = await s.execute(
                 update(ApiKeyRow)
                 .where(or_(ApiKeyRow.id == key, ApiKeyRow.prefix == key), ApiKeyRow.revoked_at.is_(None))
@@ -269,10 +286,12 @@ class Store:
             )
             return bool(res.rowcount)  # type: ignore[attr-defined]
 
+        return await self._writer.run(job)
+
     # ---------------------------------------------------------- browser tokens
 
     async def add_token(self, sha256: str, token: TokenRecord) -> None:
-        async with self._write() as s:
+        async def job(s: AsyncSession) -> None:
             s.add(
                 BrowserTokenRow(
                     sha256=sha256,
@@ -287,10 +306,13 @@ class Store:
             # Housekeeping on the write path keeps the table small without a timer.
             await s.execute(delete(BrowserTokenRow).where(BrowserTokenRow.expires_at < now_ms() - 3_600_000))
 
+        return await self._writer.run(job)
+
     async def consume_token(self, sha256: str) -> TokenRecord | None:
         """Mark a token used, atomically: a second use (from any process) gets None."""
         now = now_ms()
-        async with self._write() as s:
+
+        async def job(s: AsyncSession) -> TokenRecord | None:
             res = await s.execute(
                 update(BrowserTokenRow)
                 .where(
@@ -310,6 +332,8 @@ class Store:
                 meta=row.meta,
                 expires_at=row.expires_at,
             )
+
+        return await self._writer.run(job)
 
     # -------------------------------------------------------- sessions, ingest
 
@@ -380,7 +404,8 @@ class Store:
         session_id: str | None = None,
     ) -> tuple[SessionRecord, list[Event]]:
         now = now_ms()
-        async with self._write() as s:
+
+        async def job(s: AsyncSession) -> tuple[SessionRecord, list[Event]]:
             crow = await self._contact(s, contact, agent_id) if contact else None
             row, started = await self._new_session(
                 s,
@@ -396,6 +421,8 @@ class Store:
             events = await self._append(s, [started])
             return _session(row, crow), events
 
+        return await self._writer.run(job)
+
     async def ingest_message(self, **spec: Any) -> Ingested:
         """Store one inbound user message, its dedupe key and its event in one transaction.
 
@@ -406,17 +433,15 @@ class Store:
         otherwise it joins the contact's active session with the agent on this channel,
         or starts one.
         """
-        async with self._write() as s:
-            (result,) = await self._ingest_batch(s, now_ms(), [spec])
-            return result
+        (result,) = await self._writer.run_grouped(self._ingest, [spec])
+        return result
 
     async def ingest_many(self, specs: Sequence[dict[str, Any]]) -> list[Ingested]:
         """Several inbound messages (a webhook batch) in ONE transaction: all stored, or none.
 
         Each spec holds `ingest_message`'s keyword arguments.
         """
-        async with self._write() as s:
-            return await self._ingest_batch(s, now_ms(), specs)
+        return await self._writer.run_grouped(self._ingest, specs)
 
     async def _ingest_batch(
         self, s: AsyncSession, now: int, specs: Sequence[dict[str, Any]]
@@ -546,7 +571,7 @@ class Store:
                 active.setdefault((candidate.agent_id, candidate.contact_id, candidate.channel), candidate)
         # 4. Messages (and new sessions), in batch order.
         events: list[Event] = []
-        placed: list[tuple[int, SessionRow, ContactRow | None, MessageRow, bool]] = []
+        placed: list[tuple[int, SessionRow, ContactRow | None, MessageRow, bool, int]] = []
         new_sessions: list[SessionRow] = []
         new_messages: list[MessageRow] = []
         for i in fresh:
@@ -603,6 +628,8 @@ class Store:
             )
             new_messages.append(mrow)
             srow.last_message_at = at
+            version = srow.version or 0
+            srow.version = version + 1
             srow.last_inbound_at = at
             if spec.get("endpoint") and srow.endpoint is None:
                 srow.endpoint = spec["endpoint"]
@@ -626,7 +653,7 @@ class Store:
                     data=data,
                 )
             )
-            placed.append((i, srow, crow, mrow, started))
+            placed.append((i, srow, crow, mrow, started, version))
         if new_sessions:
             s.add_all(new_sessions)
             await s.flush()
@@ -636,7 +663,7 @@ class Store:
         by_session: dict[str, list[Event]] = {}
         for e in stored_events:
             by_session.setdefault(e.session_id or "", []).append(e)
-        for i, srow, its_contact, mrow, started in placed:
+        for i, srow, its_contact, mrow, started, version in placed:
             mine = [
                 e
                 for e in by_session.get(srow.id, [])
@@ -645,6 +672,7 @@ class Store:
             results[i] = Ingested(
                 session=_session(srow, its_contact), message=_message(mrow), events=mine, started=started
             )
+            self._hot_ingested(s, results[i], version, started)
         # 5. Duplicates answer with the session that holds the original.
         dup_sessions = {stored[k] for k in dup_of.values() if k in stored}
         held: dict[str, SessionRow] = {}
@@ -656,7 +684,7 @@ class Store:
                 original = held[stored[key]]
                 record = _session(original, await _contact_of(s, original))
             else:
-                _, original, its_contact, _, _ = next(p for p in placed if p[0] == batch_keys[key])
+                _, original, its_contact, _, _, _ = next(p for p in placed if p[0] == batch_keys[key])
                 record = _session(original, its_contact)
             results[i] = Ingested(session=record, message=None, duplicate=True)
         return [r for r in results if r is not None]
@@ -678,7 +706,8 @@ class Store:
 
         Idempotent by the provider's id: a redelivery returns (session, None, [])."""
         now = now_ms()
-        async with self._write() as s:
+
+        async def job(s: AsyncSession) -> tuple[SessionRecord, str | None, list[Event]]:
             dup = await s.scalar(
                 select(MessageRow.session_id).where(
                     MessageRow.channel == str(contact.channel),
@@ -736,6 +765,8 @@ class Store:
             )
             s.add(mrow)
             srow.last_message_at = now
+            srow.version = (srow.version or 0) + 1
+            self._touched(s, [srow.id])
             await s.flush()
             data: dict[str, Any] = {
                 "messageId": mrow.id,
@@ -757,6 +788,60 @@ class Store:
             )
             events = await self._append(s, events)
             return _session(srow, crow), mrow.id, events
+
+        return await self._writer.run(job)
+
+    # ------------------------------------------------------------ hot state
+
+    def _hot_ingested(self, s: AsyncSession, result: Ingested | None, version: int, started: bool) -> None:
+        if result is None or result.message is None:
+            return
+        session, message = result.session, result.message
+        after_commit(s, lambda: self.hot.ingested(session, message, version, version + 1, started=started))
+
+    def _touched(self, s: AsyncSession, session_ids: Iterable[str]) -> None:
+        """After the commit, forget this process's hot state of these sessions."""
+        sids = list(session_ids)
+        if sids:
+            after_commit(s, lambda: self.hot.drop(sids))
+
+    async def _bump(self, s: AsyncSession, session_ids: Iterable[str]) -> None:
+        """A write to sessions or their messages outside the hot paths: bump their version
+        (another process's hot state notices) and drop this process's (gateway/store/hot.py)."""
+        sids = sorted(set(session_ids))
+        if not sids:
+            return
+        for chunk in _chunks(sids):
+            await s.execute(
+                update(SessionRow).where(SessionRow.id.in_(chunk)).values(version=SessionRow.version + 1)
+            )
+        self._touched(s, sids)
+
+    async def turn_state(self, session_id: str) -> tuple[SessionRecord, list[MessageRecord]] | None:
+        """The session and its messages, for a turn: from the hot state, or read once."""
+        entry = self.hot.get(session_id)
+        if entry is not None:
+            return entry.session, list(entry.messages)
+        async with self._read() as s:
+            found = (
+                await s.execute(
+                    select(SessionRow, ContactRow)
+                    .outerjoin(ContactRow, SessionRow.contact_id == ContactRow.id)
+                    .where(SessionRow.id == session_id)
+                )
+            ).first()
+            if found is None:
+                return None
+            rows = await s.scalars(
+                select(MessageRow)
+                .where(MessageRow.session_id == session_id)
+                .order_by(MessageRow.created_at, MessageRow.id)
+            )
+            messages = [_message(r) for r in rows]
+        session = _session(found[0], found[1])
+        if self.hot.get(session_id) is None:  # a write that committed meanwhile already filled it
+            self.hot.put(session, messages, found[0].version)
+        return session, messages
 
     async def session(self, session_id: str) -> SessionRecord | None:
         async with self._read() as s:
@@ -870,52 +955,69 @@ class Store:
         outbox: Sequence[OutboxPart] = (),
     ) -> list[Event]:
         """Store a finished turn: its messages, the answered user messages, its events,
-        and (store-and-forward channels) the outbox parts that deliver the last message."""
+        and (store-and-forward channels) the outbox parts that deliver the last message.
+
+        Core statements, no ORM: the session's `version + 1 … RETURNING` (which also tells
+        the channel and agent), one multi-row INSERT per table, one UPDATE of the answered
+        messages, the events."""
         now = now_ms()
-        async with self._write() as s:
-            srow = await s.get_one(SessionRow, session_id) if messages else None
-            channel = srow.channel if srow else ""
-            if outbox and srow is not None:
-                s.add_all(
-                    self.outbox._outbox_rows(
-                        channel=channel,
-                        agent_id=srow.agent_id,
-                        session_id=session_id,
-                        message_id=messages[-1].id,
-                        parts=outbox,
-                        now=now,
+
+        async def job(s: AsyncSession) -> list[Event]:
+            values: dict[str, Any] = {"version": SessionRow.version + 1}
+            if messages:
+                values["last_message_at"] = now
+            found = (
+                await s.execute(
+                    update(SessionRow)
+                    .where(SessionRow.id == session_id)
+                    .values(**values)
+                    .returning(
+                        SessionRow.version, SessionRow.channel, SessionRow.agent_id, SessionRow.endpoint
                     )
                 )
-            for i, m in enumerate(messages):
-                s.add(
-                    MessageRow(
-                        id=m.id,
-                        session_id=session_id,
-                        channel=channel,
-                        role=m.role,
-                        source=m.source,
-                        type="text",
-                        text=m.text,
-                        parts=list(m.parts),
-                        provider_message_id=None,
-                        status="queued" if outbox and i == len(messages) - 1 else None,
-                        error=None,
-                        in_reply_to=m.in_reply_to,
-                        pending=False,
-                        author=m.author,
-                        meta=m.meta,
-                        created_at=now + i,
-                    )
-                )
+            ).first()
+            if found is None:
+                if messages:
+                    raise NoResultFound(f"no session {session_id!r}")
+                return await self._append(s, events)
+            version, channel, agent_id, endpoint = int(found[0]), str(found[1]), str(found[2]), found[3]
+            rows = [
+                _reply_row(m, session_id, channel, now + i, queued=bool(outbox) and i == len(messages) - 1)
+                for i, m in enumerate(messages)
+            ]
+            if rows:
+                await s.execute(insert(MessageRow), rows)
+            queued = self.outbox.queued_rows(
+                channel=channel,
+                agent_id=agent_id,
+                session_id=session_id,
+                message_id=messages[-1].id if messages else "",
+                parts=outbox if messages else (),
+                now=now,
+            )
+            if queued:
+                await s.execute(insert(OutboxRow), queued)
             if answered:
                 await s.execute(
                     update(MessageRow).where(MessageRow.id.in_(list(answered))).values(pending=False)
                 )
-            if messages:
-                await s.execute(
-                    update(SessionRow).where(SessionRow.id == session_id).values(last_message_at=now)
-                )
+            added = [_message_from(r) for r in rows]
+            after_commit(
+                s,
+                lambda: self.hot.replied(
+                    session_id,
+                    version - 1,
+                    version,
+                    added=added,
+                    answered=answered,
+                    last_message_at=now if messages else None,
+                ),
+            )
+            if queued:
+                self.outbox.after_queued(s, queued, endpoint)
             return await self._append(s, events)
+
+        return await self._writer.run(job)
 
     async def settle_pending(
         self, session_id: str, answered: Sequence[str], events: Sequence[Event]
@@ -926,10 +1028,13 @@ class Store:
     async def replace_history(self, session_id: str, messages: Sequence[NewMessage]) -> bool:
         """Replace the answered history of a session (its unanswered messages stay)."""
         now = now_ms()
-        async with self._write() as s:
+
+        async def job(s: AsyncSession) -> bool:
             row = await s.get(SessionRow, session_id)
             if row is None:
                 return False
+            row.version += 1
+            self._touched(s, [row.id])
             await s.execute(
                 delete(MessageRow).where(MessageRow.session_id == session_id, MessageRow.pending.is_(False))
             )
@@ -961,6 +1066,8 @@ class Store:
                     )
                 )
             return True
+
+        return await self._writer.run(job)
 
     async def previous_messages(
         self, *, agent_id: str, contact_id: str, before_session: str, conversations: int, limit: int
@@ -1083,7 +1190,8 @@ class Store:
         """Record something about an earlier message (a reaction, an edit): its id, or None.
 
         `value=None` removes the note (a reaction taken back)."""
-        async with self._write() as s:
+
+        async def job(s: AsyncSession) -> str | None:
             row = await self._by_provider_id(s, channel, provider_message_id)
             if row is None:
                 return None
@@ -1093,8 +1201,11 @@ class Store:
             else:
                 meta[key] = value
             row.meta = meta
+            await self._bump(s, [row.session_id])
             await self._append(s, events)
             return row.id
+
+        return await self._writer.run(job)
 
     async def hide_messages(
         self, message_ids: Sequence[str], *, meta: dict[str, Any], events: Sequence[Event] = ()
@@ -1106,12 +1217,16 @@ class Store:
         """
         if not message_ids:
             return []
-        async with self._write() as s:
+
+        async def job(s: AsyncSession) -> list[Event]:
             rows = (await s.scalars(select(MessageRow).where(MessageRow.id.in_(list(message_ids))))).all()
             for row in rows:
                 row.text, row.parts, row.pending = "", [], False
                 row.meta = {**(row.meta or {}), **meta, "hidden": True}
+            await self._bump(s, [row.session_id for row in rows])
             return await self._append(s, events)
+
+        return await self._writer.run(job)
 
     async def set_paused(
         self,
@@ -1129,7 +1244,8 @@ class Store:
         settles the unanswered messages of the sessions it covers: a human answers them.
         Returns the sessions whose state changed and the event (none when nothing changed).
         """
-        async with self._write() as s:
+
+        async def job(s: AsyncSession) -> tuple[list[str], list[Event]]:
             q = select(SessionRow).where(
                 SessionRow.agent_id == agent_id, SessionRow.status == SessionStatus.ACTIVE
             )
@@ -1163,7 +1279,8 @@ class Store:
                     agent.paused_contacts, changed_level = [], True
             sessions = [r for r in (await s.scalars(q)).all() if r.paused != paused]
             for row in sessions:
-                row.paused = paused
+                row.paused, row.version = paused, row.version + 1
+            self._touched(s, [r.id for r in sessions])
             ids_ = [r.id for r in sessions]
             if paused and ids_:
                 await s.execute(
@@ -1189,16 +1306,22 @@ class Store:
             )
             return ids_, events
 
+        return await self._writer.run(job)
+
     async def update_message(self, message_id: str, *, text: str, meta: dict[str, Any] | None = None) -> None:
-        async with self._write() as s:
+        async def job(s: AsyncSession) -> None:
             row = await s.get_one(MessageRow, message_id)
             row.text = text
             if meta:
                 row.meta = {**(row.meta or {}), **meta}
+            await self._bump(s, [row.session_id])
+
+        return await self._writer.run(job)
 
     async def rekey_contact(self, *, channel: str, old: str, new: str) -> bool:
         """A user changed number: the contact keeps its history under the new address."""
-        async with self._write() as s:
+
+        async def job(s: AsyncSession) -> bool:
             rows = (
                 await s.scalars(
                     select(ContactRow).where(ContactRow.channel == channel, ContactRow.address == old)
@@ -1215,21 +1338,34 @@ class Store:
                 )
                 if clash is None:
                     row.address, moved = new, True
+                    await s.execute(
+                        update(SessionRow)
+                        .where(SessionRow.contact_id == row.id)
+                        .values(version=SessionRow.version + 1)
+                    )
+                    after_commit(s, self.hot.clear)  # the contact's sessions carry its address
             return moved
+
+        return await self._writer.run(job)
 
     async def update_session(self, session_id: str, **values: Any) -> SessionRecord | None:
         allowed = {"context", "prompt_vars", "prompt", "meta", "paused", "endpoint"}
         bad = set(values) - allowed
         if bad:
             raise ValueError(f"not updatable: {sorted(bad)}")
-        async with self._write() as s:
+
+        async def job(s: AsyncSession) -> SessionRecord | None:
             row = await s.get(SessionRow, session_id)
             if row is None:
                 return None
             for key, value in values.items():
                 setattr(row, key, value)
+            row.version += 1
+            self._touched(s, [row.id])
             await s.flush()
             return _session(row, await _contact_of(s, row))
+
+        return await self._writer.run(job)
 
     async def end_session(
         self,
@@ -1244,13 +1380,16 @@ class Store:
         `before` are events stored with it, ahead of it (e.g. `session.timeout`).
         """
         now = now_ms()
-        async with self._write() as s:
+
+        async def job(s: AsyncSession) -> tuple[SessionRecord | None, list[Event]]:
             row = await s.get(SessionRow, session_id)
             if row is None:
                 return None, []
             if row.status != SessionStatus.ACTIVE:
                 return _session(row, await _contact_of(s, row)), []
             row.status, row.ended_at, row.end_reason = SessionStatus.ENDED, now, reason
+            row.version += 1
+            self._touched(s, [row.id])
             await s.execute(
                 update(MessageRow).where(MessageRow.session_id == session_id).values(pending=False)
             )
@@ -1271,18 +1410,23 @@ class Store:
             events = await self._append(s, [*before, ev])
             return _session(row, await _contact_of(s, row)), events
 
+        return await self._writer.run(job)
+
     async def erase_session(
         self, session_id: str, *, by: str | None = None
     ) -> tuple[SessionRecord | None, list[Event]]:
         """Erase a session's content (messages, events, context) and leave a tombstone."""
         now = now_ms()
-        async with self._write() as s:
+
+        async def job(s: AsyncSession) -> tuple[SessionRecord | None, list[Event]]:
             row = await s.get(SessionRow, session_id)
             if row is None:
                 return None, []
             await s.execute(delete(MessageRow).where(MessageRow.session_id == session_id))
             await s.execute(delete(EventRow).where(EventRow.session_id == session_id))
             was_active = row.status == SessionStatus.ACTIVE
+            row.version += 1
+            after_commit(s, self.hot.clear)  # an erased conversation never comes back from memory
             row.status, row.end_reason = SessionStatus.ENDED, "erased"
             row.ended_at = row.ended_at or now
             row.context, row.prompt_vars, row.prompt = {}, {}, None
@@ -1303,6 +1447,18 @@ class Store:
             )
             events = await self._append(s, [ev])
             return _session(row, await _contact_of(s, row)), events
+
+        return await self._writer.run(job)
+
+
+class _IngestGroup:
+    """Every inbound message queued at the writer, stored by one set-wise `_ingest_batch`."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def run_many(self, s: AsyncSession, items: Sequence[dict[str, Any]]) -> list[Ingested]:
+        return await self._store._ingest_batch(s, now_ms(), items)
 
 
 def _session_row(
@@ -1337,6 +1493,7 @@ def _session_row(
         window_closed_at=None,
         ended_at=None,
         end_reason=None,
+        version=0,
     )
     contact_json = {"id": contact.address, "name": contact.name} if contact else None
     started = Event(
@@ -1348,6 +1505,31 @@ def _session_row(
         data={"contact": contact_json, "direction": direction, "metadata": meta},
     )
     return row, started
+
+
+def _reply_row(m: NewMessage, session_id: str, channel: str, at: int, *, queued: bool) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "session_id": session_id,
+        "channel": channel,
+        "role": m.role,
+        "source": m.source,
+        "type": "text",
+        "text": m.text,
+        "parts": list(m.parts),
+        "provider_message_id": None,
+        "status": "queued" if queued else None,
+        "error": None,
+        "in_reply_to": m.in_reply_to,
+        "pending": False,
+        "author": m.author,
+        "meta": m.meta,
+        "created_at": at,
+    }
+
+
+def _message_from(row: dict[str, Any]) -> MessageRecord:
+    return MessageRecord(**{k: v for k, v in row.items() if k != "parts"}, parts=list(row["parts"]))
 
 
 def _chunks(values: Sequence[str], size: int = 500) -> list[Sequence[str]]:
