@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.events import Event
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ContactRecord:
@@ -98,3 +100,53 @@ class OutboxItem:
     payload: dict[str, Any]
     attempts: int
     endpoint: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Ingested:
+    """What `ingest_message` did."""
+
+    session: SessionRecord
+    message: MessageRecord | None  # None when the message was a duplicate
+    events: list[Event] = field(default_factory=list)
+    duplicate: bool = False
+    started: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NewMessage:
+    """A message the turn runner records with a reply (assistant text, tool calls, tool results)."""
+
+    id: str
+    role: str
+    text: str = ""
+    source: str = "agent"
+    parts: list[Any] = field(default_factory=list)
+    in_reply_to: str | None = None
+    author: str | None = None
+    meta: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LimitCandidate:
+    """An active session past one of its limits' thresholds (see `gateway.limits`)."""
+
+    id: str
+    agent_id: str
+    channel: str
+    started_at: int
+    last_inbound_at: int | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SessionQuery:
+    agent: str | None = None
+    agents: frozenset[str] | None = None  # visibility scope (tenants); None = all
+    contact: str | None = None  # contact id or address
+    channel: str | None = None
+    status: str | None = None
+    paused: bool | None = None
+    since: int | None = None
+    until: int | None = None
+    limit: int = 50
+    cursor: tuple[int, str] | None = None  # (started_at, id) of the last row seen
