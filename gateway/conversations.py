@@ -18,6 +18,8 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from sqlalchemy.exc import NoResultFound
+
 from gateway.bus.facade import Bus
 from gateway.delivery import Delivery
 from gateway.directory import AgentDirectory
@@ -124,11 +126,13 @@ class ConversationService(Takeover, Replies):
     async def receive(self, message: InboundMessage) -> Ingested:
         """Store a user message (durably, with its event), then schedule the turn."""
         self.directory.get(message.agent)
-        if message.session_id is not None:
-            session = await self.session(message.session_id)
-            if not session.active:
-                raise Conflict(f"session {session.id} has ended", code="session_ended")
-        result = await self.store.ingest_message(**_spec(message))
+        # Checked inside the write (no read first): an unknown or ended session stores nothing.
+        try:
+            result = await self.store.ingest_message(**_spec(message), active_only=True)
+        except NoResultFound:
+            raise NotFound(f"no session {message.session_id!r}", code="unknown_session") from None
+        if result.ended:
+            raise Conflict(f"session {result.session.id} has ended", code="session_ended")
         self._schedule(result, message.agent)
         return result
 

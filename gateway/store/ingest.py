@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import NoResultFound
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import ids
@@ -43,7 +44,8 @@ class IngestRepo(StoreCore):
         Keywords: `agent_id`, `channel`, `text`, and optionally `type`, `contact`,
         `session_id`, `provider_message_id`, `parts`, `meta` (a new session's metadata),
         `extra` (added to the event), `endpoint`, `turn` (False: stored answered),
-        `message_meta`. With `session_id` the message joins that (active) session;
+        `message_meta`, `active_only` (with `session_id`: unknown raises NoResultFound, ended
+        stores nothing and answers `ended`). With `session_id` the message joins that session;
         otherwise it joins the contact's active session with the agent on this channel,
         or starts one.
         """
@@ -197,6 +199,13 @@ class IngestRepo(StoreCore):
             srow_opt: SessionRow | None = None
             if spec.get("session_id") is not None:
                 srow_opt = sessions.get(spec["session_id"])
+                if spec.get("active_only"):  # a chat frame, an API post: only into a live session
+                    if srow_opt is None:
+                        raise NoResultFound(f"no session {spec['session_id']!r}")
+                    if srow_opt.status != SessionStatus.ACTIVE:
+                        known = known_contacts.get(srow_opt.contact_id or "")
+                        results[i] = Ingested(session=_session(srow_opt, known), message=None, ended=True)
+                        continue
                 if crow is None and srow_opt is not None and srow_opt.contact_id is not None:
                     crow = known_contacts.get(srow_opt.contact_id)
             elif crow is not None:

@@ -111,6 +111,7 @@ class Ingested:
     events: list[Event] = field(default_factory=list)
     duplicate: bool = False
     started: bool = False
+    ended: bool = False  # `active_only` and the session had ended: nothing stored
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
