@@ -51,10 +51,10 @@ def _refuse_missing_sqlite(settings: Settings) -> None:
 async def _with_runtime(
     settings: Settings, work: Callable[[Any], Awaitable[int]], *, migrate: bool = False
 ) -> int:
-    from gateway.server import build_runtime
+    from gateway.server import build_services
     from gateway.store.db import ensure_schema
 
-    rt = build_runtime(settings)
+    rt = build_services(settings)
     try:
         await ensure_schema(
             rt.store.engine, settings.server.database_url, migrate=migrate or settings.server.auto_migrate

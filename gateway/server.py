@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -48,6 +49,7 @@ from gateway.api.tokens import TokenRoutes
 from gateway.auth import Auth, origin_allowed
 from gateway.bus.facade import Bus
 from gateway.bus.fanout import Fanout
+from gateway.calls import CallControl
 from gateway.conversations import ConversationService
 from gateway.delivery import Delivery
 from gateway.directory import AgentDirectory
@@ -56,7 +58,6 @@ from gateway.limits import SessionLimits
 from gateway.metrics import Metrics
 from gateway.outbox import Outbox
 from gateway.ratelimit import RateLimiter
-from gateway.runtime import Runtime
 from gateway.settings import AgentConfig, Settings
 from gateway.store.db import create_engine, ensure_schema
 from gateway.store.sql import Store
@@ -64,7 +65,34 @@ from gateway.store.sql import Store
 log = logging.getLogger("gateway.server")
 
 
-def build_runtime(settings: Settings, env: Mapping[str, str] | None = None) -> Runtime:
+@dataclass(kw_only=True)
+class Services:
+    """What the composition root built, kept for the lifespan, the CLI and tests.
+
+    Never handed to a component: each gets only what it uses through its constructor.
+    """
+
+    settings: Settings
+    store: Store
+    bus: Bus
+    directory: AgentDirectory
+    auth: Auth
+    access: Access
+    service: ConversationService
+    metrics: Metrics
+    agents: AgentFactory
+    deliveries: dict[str, Delivery]
+    outbox: Outbox
+    limits: SessionLimits
+    # Browser tokens minted through an allowed Origin, per origin (docs/security.md).
+    origin_mints: RateLimiter
+    # The live phone calls (the Twilio voice channel), once the app is composed.
+    calls: CallControl | None = None
+    # Set when the server begins to shut down: long-lived connections close cleanly.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def build_services(settings: Settings, env: Mapping[str, str] | None = None) -> Services:
     env = os.environ if env is None else env
     metrics = Metrics()
 
@@ -92,7 +120,7 @@ def build_runtime(settings: Settings, env: Mapping[str, str] | None = None) -> R
     service.on_outbox = outbox.wake
     factory.builtins.request_human = service.request_human
     auth = Auth(settings, store, env)
-    return Runtime(
+    return Services(
         settings=settings,
         store=store,
         bus=bus,
@@ -136,9 +164,9 @@ class MetricsMiddleware:
 
 
 def create_app(
-    settings: Settings, *, env: Mapping[str, str] | None = None, runtime: Runtime | None = None
+    settings: Settings, *, env: Mapping[str, str] | None = None, runtime: Services | None = None
 ) -> Starlette:
-    rt = runtime or build_runtime(settings, env)
+    rt = runtime or build_services(settings, env)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -173,34 +201,104 @@ def create_app(
             log.info("gateway stopped")
 
     channel_http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
-    whatsapp = WhatsAppChannel(rt, os.environ if env is None else env, channel_http)
+    # Each component gets only what it uses (no locator): the record `rt` stays here.
+    env_ = os.environ if env is None else env
+    whatsapp = WhatsAppChannel(
+        env_,
+        channel_http,
+        access=rt.access,
+        deliveries=rt.deliveries,
+        directory=rt.directory,
+        metrics=rt.metrics,
+        service=rt.service,
+        settings=settings,
+        store=rt.store,
+    )
     rt.deliveries[WHATSAPP] = whatsapp
-    twilio = TwilioAccounts(rt, os.environ if env is None else env, channel_http)
-    voice = TwilioVoice(rt, twilio)
+    twilio = TwilioAccounts(env_, channel_http, directory=rt.directory)
+    voice = TwilioVoice(
+        twilio,
+        access=rt.access,
+        agents=rt.agents,
+        bus=rt.bus,
+        directory=rt.directory,
+        metrics=rt.metrics,
+        service=rt.service,
+        settings=settings,
+        stopping=rt.stopping,
+        store=rt.store,
+    )
     rt.calls = voice
     rt.agents.builtins.call_control = voice.control
-    messaging = TwilioMessaging(rt, twilio)
+    messaging = TwilioMessaging(twilio, service=rt.service, settings=settings, store=rt.store)
     rt.deliveries[TWILIO] = messaging
-    outbound = TwilioOutbound(rt, twilio, messaging)
+    outbound = TwilioOutbound(
+        twilio, messaging, access=rt.access, outbox=rt.outbox, service=rt.service, store=rt.store
+    )
     # One reader of the global topic for every feed and agent socket (gateway/bus/fanout.py).
     fanout = Fanout(rt.bus)
     rt.directory.watch(fanout.agent_changed)
-    routes: list[BaseRoute] = [Route("/v1/tokens", _preflight(rt), methods=["OPTIONS"])]
+    routes: list[BaseRoute] = [Route("/v1/tokens", _preflight(rt.directory), methods=["OPTIONS"])]
     for part in (
-        TokenRoutes(rt),
-        KeyRoutes(rt),
-        MessageRoutes(rt),
-        SessionRoutes(rt),
-        PricingRoutes(rt),
-        TakeoverRoutes(rt),
-        FeedChannel(rt, fanout),
-        ChatChannel(rt),
-        AgentSocket(rt, rt.agents.hub, fanout),
+        TokenRoutes(
+            access=rt.access,
+            auth=rt.auth,
+            directory=rt.directory,
+            origin_mints=rt.origin_mints,
+            settings=settings,
+            store=rt.store,
+        ),
+        KeyRoutes(access=rt.access, auth=rt.auth, store=rt.store),
+        MessageRoutes(access=rt.access, bus=rt.bus, service=rt.service, settings=settings, store=rt.store),
+        SessionRoutes(access=rt.access, service=rt.service, store=rt.store),
+        PricingRoutes(access=rt.access, store=rt.store),
+        TakeoverRoutes(
+            access=rt.access, directory=rt.directory, service=rt.service, settings=settings, store=rt.store
+        ),
+        FeedChannel(
+            fanout,
+            access=rt.access,
+            auth=rt.auth,
+            directory=rt.directory,
+            metrics=rt.metrics,
+            settings=settings,
+            stopping=rt.stopping,
+            store=rt.store,
+        ),
+        ChatChannel(
+            auth=rt.auth,
+            bus=rt.bus,
+            directory=rt.directory,
+            metrics=rt.metrics,
+            service=rt.service,
+            settings=settings,
+            stopping=rt.stopping,
+            store=rt.store,
+        ),
+        AgentSocket(
+            rt.agents.hub,
+            fanout,
+            access=rt.access,
+            calls=voice,
+            directory=rt.directory,
+            metrics=rt.metrics,
+            service=rt.service,
+            settings=settings,
+            stopping=rt.stopping,
+            store=rt.store,
+        ),
         whatsapp,
         messaging,
         outbound,
         voice,
-        OpsRoutes(rt),
+        OpsRoutes(
+            bus=rt.bus,
+            directory=rt.directory,
+            metrics=rt.metrics,
+            settings=settings,
+            stopping=rt.stopping,
+            store=rt.store,
+        ),
     ):
         routes.extend(part.routes())
     app = Starlette(
@@ -218,7 +316,7 @@ def create_app(
     return app
 
 
-async def load_process_agents(rt: Runtime) -> None:
+async def load_process_agents(rt: Services) -> None:
     """Agents declared by processes stay known across restarts (their sessions, tokens)."""
     for agent_id, (origin, config, _paused) in (await rt.store.agent_rows()).items():
         if origin == "process" and agent_id not in rt.directory:
@@ -228,11 +326,11 @@ async def load_process_agents(rt: Runtime) -> None:
                 log.warning("stored agent %s has an invalid config; skipped", agent_id)
 
 
-def _preflight(rt: Runtime) -> Any:
+def _preflight(directory: AgentDirectory) -> Any:
     async def preflight(request: Request) -> Response:
         """CORS preflight for minting tokens from a page on an allowed origin."""
         origin = request.headers.get("origin")
-        if not any(origin_allowed(origin, rt.directory.get(a).allowed_origins) for a in rt.directory.ids()):
+        if not any(origin_allowed(origin, directory.get(a).allowed_origins) for a in directory.ids()):
             return Response(status_code=403)
         return Response(
             status_code=204,
@@ -256,7 +354,7 @@ class GatewayServer(uvicorn.Server):
     the shutdown for the whole graceful timeout.
     """
 
-    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+    def __init__(self, config: uvicorn.Config, runtime: Services) -> None:
         super().__init__(config)
         self.runtime = runtime
 
@@ -280,7 +378,7 @@ def server_for(
     port: int | None = None,
     log_config: dict[str, Any] | None = None,
 ) -> GatewayServer:
-    rt = build_runtime(settings, env)
+    rt = build_services(settings, env)
     app = create_app(settings, env=env, runtime=rt)
     config = uvicorn.Config(
         app,

@@ -16,8 +16,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from gateway.runtime import Runtime
-from gateway.server import GatewayServer, server_for
+from gateway.server import GatewayServer, Services, server_for
 from gateway.settings import Settings
 from gateway.store.records import SessionRecord
 from tests.services import PG_URL, need_postgres
@@ -84,7 +83,7 @@ def make_settings(database_url: str, **over: Any) -> Settings:
 class Running:
     url: str
     ws_url: str
-    runtime: Runtime
+    runtime: Services
     server: GatewayServer
     task: asyncio.Task[None]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -10,8 +11,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from channels.chat.protocol import FrameError, Ping, SetContext, UserText, parse_client_frame
 from gateway import sanitizer
+from gateway.auth import Auth
 from gateway.bus.base import SubscriptionClosed
+from gateway.bus.facade import Bus
 from gateway.codec import decode_event, dumps
+from gateway.conversations import ConversationService
+from gateway.directory import AgentDirectory
 from gateway.errors import GatewayError, Unauthorized
 from gateway.events import (
     BotMessage,
@@ -23,8 +28,10 @@ from gateway.events import (
     SessionIdleWarning,
     SessionTimeout,
 )
-from gateway.runtime import Runtime
+from gateway.metrics import Metrics
+from gateway.settings import Settings
 from gateway.store.records import SessionRecord
+from gateway.store.sql import Store
 from gateway.tasks import first_completed
 from gateway.types import Channel
 
@@ -35,14 +42,32 @@ CLOSE_TRY_AGAIN = 1013
 
 
 class ChatChannel:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(
+        self,
+        *,
+        auth: Auth,
+        bus: Bus,
+        directory: AgentDirectory,
+        metrics: Metrics,
+        service: ConversationService,
+        settings: Settings,
+        stopping: asyncio.Event,
+        store: Store,
+    ) -> None:
+        self.auth = auth
+        self.bus = bus
+        self.directory = directory
+        self.metrics = metrics
+        self.service = service
+        self.settings = settings
+        self.stopping = stopping
+        self.store = store
 
     def routes(self) -> list[BaseRoute]:
         return [WebSocketRoute("/chat/ws", self.endpoint)]
 
     async def endpoint(self, ws: WebSocket) -> None:
-        gauge = self.rt.metrics.websockets.labels("chat")
+        gauge = self.metrics.websockets.labels("chat")
         gauge.inc()
         try:
             await self._serve(ws)
@@ -52,21 +77,20 @@ class ChatChannel:
             gauge.dec()
 
     async def _serve(self, ws: WebSocket) -> None:
-        rt = self.rt
         # Accept first, then close with 4000 + status: browsers can read a close code,
         # never a rejected handshake's HTTP status.
         await ws.accept()
         try:
-            token = await rt.auth.redeem(ws.query_params.get("token"), "chat")
+            token = await self.auth.redeem(ws.query_params.get("token"), "chat")
         except Unauthorized as exc:
             await ws.close(4401, exc.message)
             return
-        if rt.directory.find(token.agent_id) is None:
+        if self.directory.find(token.agent_id) is None:
             await ws.close(4404, f"unknown agent {token.agent_id!r}")
             return
         resumed = token.session_id is not None
         if token.session_id is not None:
-            found = await rt.store.session(token.session_id)
+            found = await self.store.session(token.session_id)
             if found is None or found.agent_id != token.agent_id:
                 await ws.close(4404, "unknown session")
                 return
@@ -86,33 +110,33 @@ class ChatChannel:
                     address=str(user),
                     name=sanitizer.clip(name, sanitizer.MAX_NAME) if isinstance(name, str) else None,
                 )
-            session = await rt.service.start_session(
+            session = await self.service.start_session(
                 agent_id=token.agent_id, channel=Channel.CHAT, contact=contact, metadata=meta
             )
-        await ChatConnection(ws, rt, session).run(resumed=resumed)
+        await ChatConnection(ws, self, session).run(resumed=resumed)
 
 
 class ChatConnection:
-    def __init__(self, ws: WebSocket, rt: Runtime, session: SessionRecord) -> None:
+    def __init__(self, ws: WebSocket, channel: ChatChannel, session: SessionRecord) -> None:
         self.ws = ws
-        self.rt = rt
+        self.channel = channel
         self.session = session
-        self.config = rt.directory.get(session.agent_id)
+        self.config = channel.directory.get(session.agent_id)
 
     async def send(self, frame: dict[str, Any]) -> None:
         if self.ws.application_state == WebSocketState.CONNECTED:
             await self.ws.send_text(dumps(frame))
 
     async def run(self, *, resumed: bool) -> None:
-        rt, sid = self.rt, self.session.id
-        async with rt.bus.subscribe_session(sid, rt.settings.server.chat_buffer_frames) as sub:
+        ch, sid = self.channel, self.session.id
+        async with ch.bus.subscribe_session(sid, ch.settings.server.chat_buffer_frames) as sub:
             started: dict[str, Any] = {
                 "event": "chat.started",
                 "sessionId": sid,
                 "agent": self.session.agent_id,
             }
             if resumed:
-                messages = await rt.store.messages(sid)
+                messages = await ch.store.messages(sid)
                 started["history"] = [
                     {
                         "messageId": m.id,
@@ -125,23 +149,23 @@ class ChatConnection:
                     if m.role in ("user", "assistant") and m.text
                 ]
                 if any(m.pending for m in messages):
-                    rt.service.turns.submit(sid)  # answer what was left unanswered
+                    ch.service.turns.submit(sid)  # answer what was left unanswered
             await self.send(started)
             try:
                 await first_completed(self._reader(), self._writer(sub), self._stopping())
             finally:
-                if not rt.stopping.is_set():
+                if not ch.stopping.is_set():
                     # Nobody is listening any more: stop the reply (and its upstream stream).
                     # The user's message stays unanswered and is answered on reconnect.
-                    rt.service.turns.cancel(sid)
+                    ch.service.turns.cancel(sid)
 
     async def _stopping(self) -> None:
-        await self.rt.stopping.wait()
+        await self.channel.stopping.wait()
         await self.ws.close(CLOSE_GOING_AWAY, "server shutting down")
 
     async def _reader(self) -> None:
         limits = self.config.limits
-        max_bytes = self.rt.settings.server.max_frame_bytes
+        max_bytes = self.channel.settings.server.max_frame_bytes
         while True:
             msg = await self.ws.receive()
             if msg["type"] == "websocket.disconnect":
@@ -167,9 +191,9 @@ class ChatConnection:
         if isinstance(frame, Ping):
             await self.send({"event": "pong"})
         elif isinstance(frame, SetContext):
-            await self.rt.service.set_context(self.session.id, frame.key, frame.value)
+            await self.channel.service.set_context(self.session.id, frame.key, frame.value)
         else:
-            await self.rt.service.receive(
+            await self.channel.service.receive(
                 InboundMessage(
                     agent=self.session.agent_id,
                     channel=Channel.CHAT,

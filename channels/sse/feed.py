@@ -21,14 +21,18 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.access import Access
 from gateway.api.models import FeedQuery
 from gateway.api.operation import ApiRoute, parse_query
-from gateway.auth import Principal
+from gateway.auth import Auth, Principal
 from gateway.bus.fanout import Fanout, Inbox, Interest
 from gateway.codec import dumps, encode_event
+from gateway.directory import AgentDirectory
 from gateway.errors import BadRequest, NotFound, Unauthorized
 from gateway.events import Event
-from gateway.runtime import Runtime
+from gateway.metrics import Metrics
+from gateway.settings import Settings
+from gateway.store.sql import Store
 from gateway.tasks import first_completed
 
 REPLAY_BATCH = 500
@@ -36,10 +40,27 @@ PING = b": ping\n\n"
 
 
 class FeedChannel:
-    def __init__(self, runtime: Runtime, fanout: Fanout) -> None:
-        self.rt = runtime
+    def __init__(
+        self,
+        fanout: Fanout,
+        *,
+        access: Access,
+        auth: Auth,
+        directory: AgentDirectory,
+        metrics: Metrics,
+        settings: Settings,
+        stopping: asyncio.Event,
+        store: Store,
+    ) -> None:
+        self.access = access
+        self.auth = auth
+        self.directory = directory
+        self.metrics = metrics
+        self.settings = settings
+        self.stopping = stopping
+        self.store = store
         self.fanout = fanout
-        server = runtime.settings.server
+        server = settings.server
         self.keeper = FeedKeeper(ping=server.sse_ping_seconds, send_timeout=server.sse_send_timeout_seconds)
 
     def routes(self) -> list[BaseRoute]:
@@ -71,8 +92,8 @@ class FeedChannel:
         if token is not None:
             if token.startswith("sk_"):
                 raise Unauthorized("API keys are never accepted in URLs: send `Authorization: Bearer <key>`")
-            record = await self.rt.auth.redeem(token, "stream")
-            config = self.rt.directory.find(record.agent_id)
+            record = await self.auth.redeem(token, "stream")
+            config = self.directory.find(record.agent_id)
             # A stream token reads one agent, and only one session when it was minted for one.
             return Principal(
                 name="stream-token",
@@ -81,7 +102,7 @@ class FeedChannel:
                 read_only=True,
                 session=record.session_id,
             )
-        return await self.rt.access.key(request)
+        return await self.access.key(request)
 
     async def all_events(self, request: Request) -> Response | FeedStream:
         q = parse_query(request, FeedQuery)
@@ -89,16 +110,16 @@ class FeedChannel:
         wanted = _csv(q.agents)
         if wanted is not None:
             for agent in wanted:
-                self.rt.access.agent(principal, agent)
+                self.access.agent(principal, agent)
             return self._stream(request, q, principal, set(wanted), fixed=True)
         # Every agent the scope sees, including agents registered after the feed opened.
-        return self._stream(request, q, principal, set(self.rt.access.agents(principal)), fixed=False)
+        return self._stream(request, q, principal, set(self.access.agents(principal)), fixed=False)
 
     async def agent_events(self, request: Request) -> Response | FeedStream:
         q = parse_query(request, FeedQuery)
         agent = request.path_params["agent"]
         principal = await self._principal(request)
-        self.rt.access.agent(principal, agent)
+        self.access.agent(principal, agent)
         return self._stream(request, q, principal, {agent}, fixed=True)
 
     def _stream(
@@ -120,14 +141,14 @@ class FeedChannel:
                 raise NotFound(f"no session {session!r}", code="unknown_session")
             session = principal.session  # the scope's session, whatever the query says
         tokens = (q.tokens or "false").lower() in ("1", "true", "yes")
-        access = self.rt.access
+        access = self.access
         interest = Interest(
             agents=frozenset(agents),
             types=None if types is None else frozenset(types),
             tokens=tokens,
             late=None if fixed else (lambda agent: access.sees(principal, agent)),
         )
-        return FeedStream(self.rt, self.fanout, self.keeper, interest, last_id, session=session, types=types)
+        return FeedStream(self, self.fanout, self.keeper, interest, last_id, session=session, types=types)
 
 
 def _csv(value: str | None) -> set[str] | None:
@@ -174,7 +195,7 @@ class FeedStream:
 
     def __init__(
         self,
-        rt: Runtime,
+        feeds: FeedChannel,
         fanout: Fanout,
         keeper: FeedKeeper,
         interest: Interest,
@@ -183,7 +204,7 @@ class FeedStream:
         session: str | None,
         types: set[str] | None,
     ) -> None:
-        self.rt = rt
+        self.feeds = feeds
         self.fanout = fanout
         self.keeper = keeper
         self.interest = interest
@@ -199,8 +220,8 @@ class FeedStream:
         self._pump_task: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        rt = self.rt
-        server = rt.settings.server
+        fc = self.feeds
+        server = fc.settings.server
         await send(
             {
                 "type": "http.response.start",
@@ -212,7 +233,7 @@ class FeedStream:
                 ],
             }
         )
-        gauge = rt.metrics.sse_clients
+        gauge = fc.metrics.sse_clients
         gauge.inc()
         try:
             # Subscribed before the replay: events committed meanwhile wait in the inbox.
@@ -220,12 +241,12 @@ class FeedStream:
                 await self._write(send, b": connected\n\n")
                 high_water = await self._replay(send) if self.last_id is not None else 0
                 await first_completed(
-                    self._pump(inbox, send, high_water), _disconnected(receive), rt.stopping.wait()
+                    self._pump(inbox, send, high_water), _disconnected(receive), fc.stopping.wait()
                 )
             if self.stalled:
                 raise _Gone
         except _Gone:
-            rt.metrics.sse_dropped.inc()
+            fc.metrics.sse_dropped.inc()
         except OSError:
             pass
         finally:
@@ -237,7 +258,7 @@ class FeedStream:
     async def _write(self, send: Send, body: bytes) -> None:
         """A write before the live phase (the replay): bounded by its own timeout."""
         try:
-            async with asyncio.timeout(self.rt.settings.server.sse_send_timeout_seconds):
+            async with asyncio.timeout(self.feeds.settings.server.sse_send_timeout_seconds):
                 await send({"type": "http.response.body", "body": body, "more_body": True})
         except TimeoutError:
             raise _Gone from None  # a stalled client is cut loose; it resumes with Last-Event-ID
@@ -247,7 +268,7 @@ class FeedStream:
         cursor = self.last_id
         agents = self.interest.agents
         while True:
-            batch = await self.rt.store.events_after(
+            batch = await self.feeds.store.events_after(
                 cursor, agents=agents, session_id=self.session, types=self.types, limit=REPLAY_BATCH
             )
             if batch:
@@ -283,7 +304,7 @@ class FeedStream:
             if env is None:
                 if inbox.closed:
                     if inbox.overflowed:
-                        self.rt.metrics.sse_dropped.inc()
+                        self.feeds.metrics.sse_dropped.inc()
                     return
                 if self.ping_due:
                     body = PING

@@ -14,8 +14,8 @@ from starlette.requests import Request
 from channels.twilio.client import TwilioClient
 from channels.whatsapp.transcribe import transcribers_for
 from gateway.api.http import read_body
+from gateway.directory import AgentDirectory
 from gateway.errors import BadRequest, ConfigError
-from gateway.runtime import Runtime
 from gateway.sanitizer import clean
 from gateway.settings import TwilioNumber
 
@@ -41,12 +41,12 @@ class Binding:
 class TwilioAccounts:
     """Lookup by number (`+1555…` or `whatsapp:+1555…`); one number answers for one agent."""
 
-    def __init__(self, runtime: Runtime, env: Mapping[str, str], http: httpx.AsyncClient) -> None:
-        self.rt = runtime
+    def __init__(self, env: Mapping[str, str], http: httpx.AsyncClient, *, directory: AgentDirectory) -> None:
+        self.directory = directory
         self.by_number: dict[str, Binding] = {}
-        self.transcribers = transcribers_for(runtime, env, http)
-        for agent_id in runtime.directory.ids():
-            for cfg in runtime.directory.get(agent_id).twilio:
+        self.transcribers = transcribers_for(directory, env, http)
+        for agent_id in directory.ids():
+            for cfg in directory.get(agent_id).twilio:
                 sid = env.get(cfg.account_sid_env, "")
                 token = env.get(cfg.auth_token_env, "")
                 if not sid or not token:
@@ -71,10 +71,10 @@ class TwilioAccounts:
 
     def route(self, binding: Binding, caller: str) -> str:
         """The agent that answers `caller` on this number: a dev route first, else the number's agent."""
-        agent = self.rt.directory.get(binding.agent_id)
+        agent = self.directory.get(binding.agent_id)
         bare = caller.removeprefix("whatsapp:")
         target = agent.dev_routes.get(bare) or agent.dev_routes.get(caller)
-        return target if target and target in self.rt.directory else binding.agent_id
+        return target if target and target in self.directory else binding.agent_id
 
     def tokens_for(self, account_sid: str | None) -> list[str]:
         """The auth tokens to check a webhook against: its account's, or every one when unknown."""

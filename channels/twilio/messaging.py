@@ -41,14 +41,16 @@ from channels.whatsapp.referral import from_twilio
 from channels.whatsapp.transcribe import TranscriptionError
 from gateway.api.operation import ApiRoute
 from gateway.codec import bounded
+from gateway.conversations import ConversationService
 from gateway.delivery import SendFailed, Template, endpoint_address
 from gateway.errors import BadRequest, Unauthorized
 from gateway.events import ContactRef, Event, InboundMessage
 from gateway.limits import whatsapp_window_open
-from gateway.runtime import Runtime
 from gateway.sanitizer import MAX_ID, MAX_NAME, clip
+from gateway.settings import Settings
 from gateway.store.outbox import FINAL
 from gateway.store.records import MessageRecord, OutboxItem, SessionRecord
+from gateway.store.sql import Store
 from gateway.types import Channel
 
 log = logging.getLogger("gateway.twilio")
@@ -229,8 +231,12 @@ def parse_inbound(form: Mapping[str, str]) -> TwilioInbound:
 
 
 class TwilioMessaging:
-    def __init__(self, runtime: Runtime, accounts: TwilioAccounts) -> None:
-        self.rt = runtime
+    def __init__(
+        self, accounts: TwilioAccounts, *, service: ConversationService, settings: Settings, store: Store
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.store = store
         self.accounts = accounts
         self._warned_no_public_url = False
         self._background: set[asyncio.Task[Any]] = set()
@@ -264,7 +270,7 @@ class TwilioMessaging:
     async def _verified(self, request: Request) -> tuple[ImmutableMultiDict[str, str], str]:
         """The form and the auth token that signed it; 401 (nothing stored) otherwise."""
         form = await read_form(request)
-        url = public_url(request.url, request.headers, self.rt.settings.server)
+        url = public_url(request.url, request.headers, self.settings.server)
         token = matching_token(
             url,
             form,
@@ -293,7 +299,7 @@ class TwilioMessaging:
         kind, text, parts = msg.content()
         name = None if msg.profile_name is None else clip(msg.profile_name, MAX_NAME)
         contact = ContactRef(channel=msg.channel, address=msg.sender, name=name)
-        results = await self.rt.service.receive_many(
+        results = await self.service.receive_many(
             [
                 InboundMessage(
                     agent=self.accounts.route(binding, msg.from_),
@@ -324,7 +330,7 @@ class TwilioMessaging:
         log.warning(
             "twilio message %s rejected (%s): acknowledged, recorded as webhook.rejected", sid, problem
         )
-        await self.rt.store.append_events(
+        await self.store.append_events(
             [
                 Event(
                     type="webhook.rejected",
@@ -345,7 +351,7 @@ class TwilioMessaging:
     async def _unroutable(self, msg: TwilioInbound) -> None:
         log.warning("twilio message %s for unconfigured number %s: acknowledged, not routed", msg.sid, msg.to)
         channel = Channel.WHATSAPP if msg.to.startswith(WHATSAPP_PREFIX) else Channel.SMS
-        await self.rt.store.append_events(
+        await self.store.append_events(
             [
                 Event(
                     type="webhook.unroutable",
@@ -381,7 +387,7 @@ class TwilioMessaging:
             error = {"code": code, "status": raw, "message": text}
         addresses = (form.get("From") or "", form.get("To") or "", form.get("ChannelPrefix") or "")
         whatsapp = any(a.startswith("whatsapp") for a in addresses)
-        events = await self.rt.store.outbox.delivery_status(
+        events = await self.store.outbox.delivery_status(
             channel=str(Channel.WHATSAPP if whatsapp else Channel.SMS),
             provider_message_id=sid,
             status=state,
@@ -389,7 +395,7 @@ class TwilioMessaging:
             idempotency_key=request.query_params.get("k"),
         )
         if state == FINAL and code == OUTSIDE_WINDOW and events and events[0].session_id:
-            await self.rt.store.outbox.close_window(events[0].session_id)
+            await self.store.outbox.close_window(events[0].session_id)
         return _twiml()
 
     # ----------------------------------------------------------- delivery
@@ -421,7 +427,7 @@ class TwilioMessaging:
         ]
 
     def _status_callback(self, key: str) -> str | None:
-        base = self.rt.settings.server.public_url
+        base = self.settings.server.public_url
         if not base:
             if not self._warned_no_public_url:
                 self._warned_no_public_url = True
@@ -514,7 +520,7 @@ class TwilioMessaging:
                 out.append(m)
                 continue
             text = f"{m.text} {said.strip()}"
-            await self.rt.store.update_message(m.id, text=text, meta={"transcribed": True})
+            await self.store.update_message(m.id, text=text, meta={"transcribed": True})
             out.append(dataclasses.replace(m, text=text))
         return out
 

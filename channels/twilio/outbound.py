@@ -19,22 +19,35 @@ from starlette.routing import BaseRoute
 from channels.twilio.accounts import PROVIDER, Binding, TwilioAccounts
 from channels.twilio.messaging import CONTENT_SID, WHATSAPP_PREFIX, TwilioMessaging
 from gateway import ids
+from gateway.access import Access
 from gateway.api.models import TwilioStartRequest
 from gateway.api.operation import ApiRoute, parse_body
-from gateway.conversations import check_text
+from gateway.conversations import ConversationService, check_text
 from gateway.errors import BadRequest, Conflict
 from gateway.events import ContactRef, Event, now_ms
-from gateway.runtime import Runtime
+from gateway.outbox import Outbox
 from gateway.store.outbox import OutboxPart
-from gateway.store.sql import NewMessage
+from gateway.store.sql import NewMessage, Store
 from gateway.types import Channel, EventType
 
 E164 = re.compile(r"^\+[1-9][0-9]{4,15}$")
 
 
 class TwilioOutbound:
-    def __init__(self, runtime: Runtime, accounts: TwilioAccounts, messaging: TwilioMessaging) -> None:
-        self.rt = runtime
+    def __init__(
+        self,
+        accounts: TwilioAccounts,
+        messaging: TwilioMessaging,
+        *,
+        access: Access,
+        outbox: Outbox,
+        service: ConversationService,
+        store: Store,
+    ) -> None:
+        self.access = access
+        self.outbox = outbox
+        self.service = service
+        self.store = store
         self.accounts = accounts
         self.messaging = messaging
 
@@ -53,8 +66,8 @@ class TwilioOutbound:
 
     async def start(self, request: Request) -> JSONResponse:
         agent_id = request.path_params["agent"]
-        principal = await self.rt.access.key(request)
-        config = self.rt.access.agent(principal, agent_id)
+        principal = await self.access.key(request)
+        config = self.access.agent(principal, agent_id)
         body = await parse_body(request, TwilioStartRequest, limit=65_536)
         raw_to = body.to
         whatsapp = raw_to.startswith(WHATSAPP_PREFIX)
@@ -85,7 +98,7 @@ class TwilioOutbound:
             raise BadRequest("send either `text` or `contentSid`, not both", code="invalid_template")
         metadata = body.metadata
         channel = Channel.WHATSAPP if whatsapp else Channel.SMS
-        session = await self.rt.service.start_session(
+        session = await self.service.start_session(
             agent_id=agent_id,
             channel=channel,
             contact=ContactRef(channel=channel, address=to.lstrip("+") if whatsapp else to),
@@ -96,13 +109,13 @@ class TwilioOutbound:
         if content_sid is not None:
             spec = {"contentSid": content_sid, "contentVariables": variables}
             template = self.messaging.template(session, spec)
-            message_id = await self.rt.service.send_template(session, template)
+            message_id = await self.service.send_template(session, template)
             return _queued(session.id, message_id)
         shown = str(text)
         payloads = self.messaging.render(session, shown, None)
         message_id = ids.message_id()
         data: dict[str, Any] = {"messageId": message_id, "text": shown, "source": "agent"}
-        await self.rt.store.record_reply(
+        await self.store.record_reply(
             session_id=session.id,
             answered=[],
             messages=[NewMessage(id=message_id, role="assistant", text=shown)],
@@ -118,7 +131,7 @@ class TwilioOutbound:
                 )
             ],
         )
-        self.rt.outbox.wake()
+        self.outbox.wake()
         return _queued(session.id, message_id)
 
     def _sender(self, agent_id: str, from_: str | None, *, whatsapp: bool) -> Binding:

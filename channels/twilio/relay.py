@@ -19,6 +19,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from channels.twilio import relay_protocol as rp
 from gateway.bus.base import Subscription, SubscriptionClosed
 from gateway.codec import bounded, decode_event, dumps
+from gateway.conversations import ConversationService
+from gateway.directory import AgentDirectory
 from gateway.errors import GatewayError
 from gateway.events import (
     BotCancelled,
@@ -31,9 +33,9 @@ from gateway.events import (
     SessionError,
     now_ms,
 )
-from gateway.runtime import Runtime
 from gateway.settings import PhoneConfig
 from gateway.store.records import SessionRecord
+from gateway.store.sql import Store
 from gateway.tasks import first_completed
 from gateway.types import Channel, EventType
 
@@ -54,19 +56,25 @@ class RelayConnection:
     def __init__(
         self,
         ws: WebSocket,
-        rt: Runtime,
         session: SessionRecord,
         *,
+        directory: AgentDirectory,
+        service: ConversationService,
+        stopping: asyncio.Event,
+        store: Store,
         call_sid: str,
         answered_at_ms: int,
         on_finish: Callable[[str, str, dict[str, Any] | None], Awaitable[None]],
     ) -> None:
         self.ws = ws
-        self.rt = rt
+        self.directory = directory
+        self.service = service
+        self.stopping = stopping
+        self.store = store
         self.session = session
         self.sid = session.id
         self.call_sid = call_sid
-        self.phone: PhoneConfig = rt.directory.get(session.agent_id).phone
+        self.phone: PhoneConfig = directory.get(session.agent_id).phone
         self.answered_at_ms = answered_at_ms
         self._on_finish = on_finish
         self._send_lock = asyncio.Lock()
@@ -97,7 +105,7 @@ class RelayConnection:
         since = now_ms() - REPLAY_LOOKBACK_MS
         recent = {
             m.id: m.text.strip()
-            for m in await self.rt.store.messages(self.sid)
+            for m in await self.store.messages(self.sid)
             if m.role == "user" and m.created_at >= since and m.text.strip()
         }
         if recent:
@@ -153,7 +161,7 @@ class RelayConnection:
         await first_completed(self._reader(), self._writer(sub), self._watchdog(), self._stopping())
 
     async def _stopping(self) -> None:
-        await self.rt.stopping.wait()
+        await self.stopping.wait()
         # Twilio calls the action URL; the restarted gateway can reconnect the call there.
         await self.ws.close(1001, "server shutting down")
 
@@ -199,7 +207,7 @@ class RelayConnection:
                 log.info("replayed prompt ignored after a reconnect", extra={"session_id": self.sid})
                 return
             meta = {"lang": frame.lang} if frame.lang else None
-            await self.rt.service.receive(
+            await self.service.receive(
                 InboundMessage(
                     agent=self.session.agent_id,
                     channel=Channel.PHONE,
@@ -214,7 +222,7 @@ class RelayConnection:
             if message_id is not None:
                 self._cut.add(message_id)
                 self._close_cycle(message_id)
-            await self.rt.service.interrupt(
+            await self.service.interrupt(
                 self.sid,
                 message_id,
                 frame.spoken,
@@ -239,7 +247,7 @@ class RelayConnection:
         self._warned = self._final_warned = False
 
     async def _event(self, type_: EventType | str, data: dict[str, Any]) -> None:
-        await self.rt.store.append_events(
+        await self.store.append_events(
             [Event(type=type_, agent=self.session.agent_id, session_id=self.sid, channel="phone", data=data)]
         )
 
@@ -347,7 +355,7 @@ class RelayConnection:
             ):
                 await self._on_finish("timeout", self.sid, {"reason": "max_duration"})
                 return
-            if not idle_limit or self.rt.service.turns.busy(self.sid):
+            if not idle_limit or self.service.turns.busy(self.sid):
                 continue
             self._idle += dt
             warn_at = max(0.0, idle_limit - phone.idle_warning_seconds)
@@ -370,5 +378,5 @@ class RelayConnection:
         if final:
             data["final"] = True
         await self._event(EventType.SESSION_IDLE_WARNING, data)
-        if self.phone.idle_message and not self.rt.service.turns.busy(self.sid):
+        if self.phone.idle_message and not self.service.turns.busy(self.sid):
             await self.send(rp.text(self.phone.idle_message, True))

@@ -33,14 +33,20 @@ from channels.twilio.errors import TwilioError
 from channels.twilio.relay import RelayConnection
 from channels.twilio.signature import matching_token, public_url
 from gateway import ids
+from gateway.access import Access
+from gateway.agents.factory import AgentFactory
 from gateway.api.models import CallControlRequest, CallRequest
 from gateway.api.operation import ApiRoute, parse_body
+from gateway.bus.facade import Bus
 from gateway.calls import CALL_ACTIONS
+from gateway.conversations import ConversationService
+from gateway.directory import AgentDirectory
 from gateway.errors import AgentError, BadRequest, Conflict, GatewayError, NotFound, Unauthorized
 from gateway.events import ContactRef, Event, now_ms
-from gateway.runtime import Runtime
+from gateway.metrics import Metrics
+from gateway.settings import Settings
 from gateway.store.records import SessionRecord
-from gateway.store.sql import NewMessage
+from gateway.store.sql import NewMessage, Store
 from gateway.types import Channel, EventType
 
 log = logging.getLogger("gateway.twilio.voice")
@@ -68,8 +74,29 @@ def _xml(body: str) -> Response:
 
 
 class TwilioVoice:
-    def __init__(self, runtime: Runtime, accounts: TwilioAccounts) -> None:
-        self.rt = runtime
+    def __init__(
+        self,
+        accounts: TwilioAccounts,
+        *,
+        access: Access,
+        agents: AgentFactory,
+        bus: Bus,
+        directory: AgentDirectory,
+        metrics: Metrics,
+        service: ConversationService,
+        settings: Settings,
+        stopping: asyncio.Event,
+        store: Store,
+    ) -> None:
+        self.access = access
+        self.agents = agents
+        self.bus = bus
+        self.directory = directory
+        self.metrics = metrics
+        self.service = service
+        self.settings = settings
+        self.stopping = stopping
+        self.store = store
         self.accounts = accounts
         self.live: dict[str, RelayConnection] = {}
         self._ringing: dict[str, tuple[str, asyncio.Future[tuple[bool, str | None]]]] = {}
@@ -138,7 +165,7 @@ class TwilioVoice:
     async def _signed(self, request: Request) -> tuple[Mapping[str, str], str]:
         """The form and the auth token that signed it; 401 (nothing stored) otherwise."""
         form = await read_form(request)
-        url = public_url(request.url, request.headers, self.rt.settings.server)
+        url = public_url(request.url, request.headers, self.settings.server)
         tokens = self.accounts.tokens_for(form.get("AccountSid"))
         token = matching_token(url, form, request.headers.get("x-twilio-signature"), tokens)
         if token is None:
@@ -148,7 +175,7 @@ class TwilioVoice:
 
     def _base(self, request: Request) -> tuple[str, str]:
         """(https base, wss base) of the gateway as Twilio reaches it."""
-        url = public_url(request.url, request.headers, self.rt.settings.server)
+        url = public_url(request.url, request.headers, self.settings.server)
         scheme, rest = url.split("://", 1)
         host = rest.split("/", 1)[0]
         return f"{scheme}://{host}", f"{'wss' if scheme == 'https' else 'ws'}://{host}"
@@ -168,7 +195,7 @@ class TwilioVoice:
         return twiml.relay(
             relay_url=f"{ws}/twilio/relay",
             action_url=f"{http}/twilio/voice/action",
-            phone=self.rt.directory.get(agent_id).phone,
+            phone=self.directory.get(agent_id).phone,
             greeting=greeting,
             parameters=params,
             language=language,
@@ -182,7 +209,7 @@ class TwilioVoice:
         binding = self.accounts.get(called)
         if binding is None or binding.config.whatsapp:
             log.warning("call %s to unconfigured number %s: rejected", call_sid, called)
-            await self.rt.store.append_events(
+            await self.store.append_events(
                 [
                     Event(
                         type="webhook.unroutable",
@@ -197,7 +224,7 @@ class TwilioVoice:
             # Another account's token signed a call to this number: it is not theirs to route.
             raise Unauthorized("the signing account does not own this number", code="invalid_signature")
         agent_id = self.accounts.route(binding, caller)
-        config = self.rt.directory.get(agent_id)
+        config = self.directory.get(agent_id)
         if binding.config.ringing or config.phone.ringing:
             accepted, reason = await self._screen(agent_id, call_sid, caller, called)
             if not accepted:
@@ -216,16 +243,16 @@ class TwilioVoice:
         self, agent_id: str, call_sid: str, caller: str, called: str
     ) -> tuple[bool, str | None]:
         """`call.ringing`: a connected agent process may accept or reject; silence accepts."""
-        if self.rt.agents.hub.current(agent_id) is None:
+        if self.agents.hub.current(agent_id) is None:
             return True, None  # nobody to ask: auto-accept at once
         future: asyncio.Future[tuple[bool, str | None]] = asyncio.get_running_loop().create_future()
         self._ringing[call_sid] = (agent_id, future)
         data = {"callId": call_sid, "from": caller, "to": called}
         try:
-            await self.rt.store.append_events(
+            await self.store.append_events(
                 [Event(type=EventType.CALL_RINGING, agent=agent_id, channel="phone", data=data)]
             )
-            timeout = self.rt.directory.get(agent_id).phone.ringing_timeout_seconds
+            timeout = self.directory.get(agent_id).phone.ringing_timeout_seconds
             try:
                 accepted, reason = await asyncio.wait_for(future, timeout)
             except TimeoutError:
@@ -234,7 +261,7 @@ class TwilioVoice:
         finally:
             self._ringing.pop(call_sid, None)
         if not accepted:
-            await self.rt.store.append_events(
+            await self.store.append_events(
                 [
                     Event(
                         type="call.rejected",
@@ -283,7 +310,7 @@ class TwilioVoice:
             if isinstance(reconnects, int) and reconnects < MAX_RECONNECTS:
                 # The relay dropped (our restart, a network cut): connect the call again.
                 log.info("call %s: relay failed (%s); reconnecting", call_sid, error)
-                await self.rt.store.update_session(
+                await self.store.update_session(
                     session.id, meta=with_call(session, reconnects=reconnects + 1)
                 )
                 return _xml(
@@ -299,7 +326,7 @@ class TwilioVoice:
         if session is not None and session.active:
             reason = END_REASONS.get(call_status, "failed" if error else "hangup")
             extra = {"error": {"code": error, "message": form.get("ErrorMessage")}} if error else None
-            await self.rt.service.end_session(session.id, reason, extra)
+            await self.service.end_session(session.id, reason, extra)
         return _xml(twiml.hangup())
 
     async def status(self, request: Request) -> Response:
@@ -317,22 +344,22 @@ class TwilioVoice:
                 extra["duration"] = int(duration)  # the call's own length, as Twilio measured it
             if form.get("SipResponseCode"):
                 extra["sipResponseCode"] = form.get("SipResponseCode")
-            await self.rt.service.end_session(session.id, reason, extra)
+            await self.service.end_session(session.id, reason, extra)
         return Response(status_code=204)
 
     async def _call_session(self, call_sid: str | None, session_id: str | None) -> SessionRecord | None:
         if session_id:
-            found = await self.rt.store.session(session_id)
+            found = await self.store.session(session_id)
             if found is not None and call_info(found).get("callSid") in (None, call_sid):
                 return found
         if not call_sid:
             return None
-        return await self.rt.store.session_by_endpoint(f"{VOICE}:{call_sid}")
+        return await self.store.session_by_endpoint(f"{VOICE}:{call_sid}")
 
     # --------------------------------------------------------------- relay
 
     async def relay(self, ws: WebSocket) -> None:
-        gauge = self.rt.metrics.websockets.labels("twilio_relay")
+        gauge = self.metrics.websockets.labels("twilio_relay")
         gauge.inc()
         try:
             await self._relay(ws)
@@ -343,7 +370,7 @@ class TwilioVoice:
 
     async def _relay(self, ws: WebSocket) -> None:
         await ws.accept()
-        url = public_url(ws.url, ws.headers, self.rt.settings.server, websocket=True)
+        url = public_url(ws.url, ws.headers, self.settings.server, websocket=True)
         if matching_token(url, {}, ws.headers.get("x-twilio-signature"), self.accounts.tokens) is None:
             log.warning("refused a relay socket to %s: invalid or missing X-Twilio-Signature", url)
             await ws.close(4401, "invalid or missing X-Twilio-Signature")
@@ -373,7 +400,15 @@ class TwilioVoice:
         if not isinstance(answered, int):
             answered = now_ms()
         conn = RelayConnection(
-            ws, self.rt, session, call_sid=setup.call_sid, answered_at_ms=answered, on_finish=self._finish
+            ws,
+            session,
+            directory=self.directory,
+            service=self.service,
+            stopping=self.stopping,
+            store=self.store,
+            call_sid=setup.call_sid,
+            answered_at_ms=answered,
+            on_finish=self._finish,
         )
         previous = self.live.get(session.id)
         self.live[session.id] = conn
@@ -385,12 +420,10 @@ class TwilioVoice:
         # Any socket after the call's first one (a drop, our restart): Twilio may replay.
         await conn.expect_replay()
         try:
-            async with self.rt.bus.subscribe_session(
-                session.id, self.rt.settings.server.chat_buffer_frames
-            ) as sub:
-                pending = [m for m in await self.rt.store.messages(session.id) if m.pending]
+            async with self.bus.subscribe_session(session.id, self.settings.server.chat_buffer_frames) as sub:
+                pending = [m for m in await self.store.messages(session.id) if m.pending]
                 if pending:
-                    self.rt.service.turns.submit(session.id)  # reconnected: answer what was left
+                    self.service.turns.submit(session.id)  # reconnected: answer what was left
                 await conn.run(sub)
         finally:
             if self.live.get(session.id) is conn:
@@ -401,23 +434,23 @@ class TwilioVoice:
         """The call's session: the one named by the TwiML parameters, else a new one."""
         params = setup.parameters
         sid = params.get("sessionId") or ""
-        existing = await self.rt.store.session(sid) if sid else None
+        existing = await self.store.session(sid) if sid else None
         if existing is not None:
             known = call_info(existing)
             if "answeredAt" not in known or known.get("callSid") != setup.call_sid:
                 changes = {"callSid": setup.call_sid, "answeredAt": known.get("answeredAt") or now_ms()}
                 existing = (
-                    await self.rt.store.update_session(
+                    await self.store.update_session(
                         existing.id, meta=with_call(existing, **changes), endpoint=f"{VOICE}:{setup.call_sid}"
                     )
                     or existing
                 )
-            if existing.active and not any(m.role == "assistant" for m in await self.rt.store.messages(sid)):
+            if existing.active and not any(m.role == "assistant" for m in await self.store.messages(sid)):
                 await self._greeting(existing, _opt(known.get("greeting")))
             return existing if existing.active else None
         agent_id = params.get("agent") or ""
         direction = params.get("direction") or ("outbound" if "outbound" in setup.direction else "inbound")
-        if agent_id not in self.rt.directory:
+        if agent_id not in self.directory:
             binding = self.accounts.get(setup.to if direction == "inbound" else setup.from_)
             if binding is None:
                 log.warning("relay setup for call %s names no known agent", setup.call_sid)
@@ -437,7 +470,7 @@ class TwilioVoice:
             call["callerName"] = setup.caller_name
         if setup.forwarded_from:
             call["forwardedFrom"] = setup.forwarded_from
-        session = await self.rt.service.start_session(
+        session = await self.service.start_session(
             agent_id=agent_id,
             channel=Channel.PHONE,
             contact=ContactRef(channel=Channel.PHONE, address=caller, name=setup.caller_name)
@@ -448,7 +481,7 @@ class TwilioVoice:
             endpoint=f"{VOICE}:{setup.call_sid}",
             session_id=sid if sid.startswith("call-") and len(sid) <= 64 else None,
         )
-        await self._greeting(session, self.rt.directory.get(agent_id).greeting)
+        await self._greeting(session, self.directory.get(agent_id).greeting)
         return session
 
     async def _greeting(self, session: SessionRecord, greeting: str | None) -> None:
@@ -456,7 +489,7 @@ class TwilioVoice:
         if not greeting:
             return
         message_id = ids.message_id()
-        await self.rt.store.record_reply(
+        await self.store.record_reply(
             session_id=session.id,
             answered=[],
             messages=[NewMessage(id=message_id, role="assistant", text=greeting, meta={"greeting": True})],
@@ -474,23 +507,23 @@ class TwilioVoice:
     async def _after_socket(self, conn: RelayConnection) -> None:
         """The socket is gone: settle the reply it was saying; end the session if the call is over."""
         sid = conn.sid
-        if self.rt.stopping.is_set():
+        if self.stopping.is_set():
             return  # the reply stays pending; Twilio's action callback reconnects after the restart
         mid, said = conn.streamed_text()
         # A reply already said in full is being stored: let it be. Otherwise the reply
         # in progress (or the turn not yet speaking) stops with what the caller heard.
-        stop = mid is not None or (conn.storing is None and self.rt.service.turns.busy(sid))
+        stop = mid is not None or (conn.storing is None and self.service.turns.busy(sid))
         if not conn.ended and stop:
             try:
-                await self.rt.service.interrupt(sid, mid, said, data={"reason": "disconnected"})
+                await self.service.interrupt(sid, mid, said, data={"reason": "disconnected"})
             except GatewayError:
                 pass
         if conn.ended:
             return
-        session = await self.rt.store.session(sid)
+        session = await self.store.session(sid)
         if session is None or not session.active:
             return
-        wait = self.rt.directory.get(session.agent_id).phone.relay_reconnect_seconds
+        wait = self.directory.get(session.agent_id).phone.relay_reconnect_seconds
         # The caller hung up (the status callback will say so) or the socket dropped (the
         # action callback may reconnect it): either way the session ends if nothing comes.
         self._dropped[sid] = asyncio.create_task(self._end_if_not_back(sid, wait))
@@ -499,7 +532,7 @@ class TwilioVoice:
         try:
             await asyncio.sleep(wait)
             if sid not in self.live:
-                await self.rt.service.end_session(sid, "hangup")
+                await self.service.end_session(sid, "hangup")
         except GatewayError:
             pass
         finally:
@@ -512,7 +545,7 @@ class TwilioVoice:
     ) -> dict[str, Any]:
         if action not in CALL_ACTIONS:
             raise BadRequest(f"unknown call action {action!r}", code="unknown_action")
-        session = await self.rt.store.session(session_id)
+        session = await self.store.session(session_id)
         if session is None or session.channel != str(Channel.PHONE):
             raise NotFound(f"no phone call {session_id!r}", code="unknown_session")
         if not session.active:
@@ -536,8 +569,8 @@ class TwilioVoice:
             changes: dict[str, Any] = {"config": kept}
             if "language" in clean:
                 changes["language"] = clean["language"]
-            await self.rt.store.update_session(session_id, meta=with_call(session, **changes))
-            await self.rt.store.append_events(
+            await self.store.update_session(session_id, meta=with_call(session, **changes))
+            await self.store.append_events(
                 [
                     Event(
                         type=CALL_CONFIGURED,
@@ -550,15 +583,13 @@ class TwilioVoice:
             )
         else:
             await conn.send(rp.language(clean["language"]))
-            await self.rt.store.update_session(
-                session_id, meta=with_call(session, language=clean["language"])
-            )
+            await self.store.update_session(session_id, meta=with_call(session, language=clean["language"]))
         return {"sessionId": session_id, "action": action, "status": "ok"}
 
     async def _finish(self, action: str, session_id: str, args: Mapping[str, Any] | None) -> None:
         """End a call: hang up, forward it, or stop it at a limit (`timeout`)."""
         args = args or {}
-        session = await self.rt.store.session(session_id)
+        session = await self.store.session(session_id)
         if session is None or not session.active:
             return
         conn = self.live.get(session_id)
@@ -566,7 +597,7 @@ class TwilioVoice:
         if action == "forward":
             to = str(args["to"])
             handoff: dict[str, Any] = {"action": "forward", "to": to}
-            await self.rt.store.append_events(
+            await self.store.append_events(
                 [
                     Event(
                         type=EventType.CALL_FORWARDED,
@@ -585,7 +616,7 @@ class TwilioVoice:
             await conn.end(handoff)
         elif isinstance(call_sid, str) and call_sid:
             await self._rest_end(session, call_sid, handoff)
-        await self.rt.service.end_session(session_id, reason, extra)
+        await self.service.end_session(session_id, reason, extra)
 
     async def _rest_end(self, session: SessionRecord, call_sid: str, handoff: dict[str, Any]) -> None:
         """No relay socket (ringing, or it dropped): change the call through the REST API."""
@@ -603,19 +634,19 @@ class TwilioVoice:
             raise AgentError(f"Twilio refused the call update: {exc.message}", code="twilio_error") from None
 
     async def control_route(self, request: Request) -> JSONResponse:
-        principal = await self.rt.access.key(request)
+        principal = await self.access.key(request)
         session_id, action = request.path_params["session_id"], request.path_params["action"]
-        await self.rt.access.session(principal, session_id)
+        await self.access.session(principal, session_id)
         body = await parse_body(request, CallControlRequest, limit=65_536)  # no body: no arguments
         return JSONResponse(await self.control(session_id, action, body.arguments()))
 
     # ------------------------------------------------------------ outbound
 
     async def dial(self, request: Request) -> JSONResponse:
-        principal = await self.rt.access.key(request)
+        principal = await self.access.key(request)
         body = await parse_body(request, CallRequest, limit=65_536)
         agent_id = body.agent
-        config = self.rt.access.agent(principal, agent_id)
+        config = self.access.agent(principal, agent_id)
         to = body.to
         if not E164.match(to):
             raise BadRequest("`to` must be an E.164 number like +14155550123", code="invalid_to")
@@ -625,7 +656,7 @@ class TwilioVoice:
         if language is not None and not LANGUAGE.match(language):
             raise BadRequest("`language` must be a code like es-ES", code="invalid_language")
         metadata = body.metadata
-        base = self.rt.settings.server.public_url
+        base = self.settings.server.public_url
         if not base:
             raise Conflict(
                 "outbound calls need server.public_url (Twilio must reach the gateway)", code="no_public_url"
@@ -636,7 +667,7 @@ class TwilioVoice:
             if http.startswith("https://")
             else "ws://" + http.split("://", 1)[1]
         )
-        session = await self.rt.service.start_session(
+        session = await self.service.start_session(
             agent_id=agent_id,
             channel=Channel.PHONE,
             contact=ContactRef(channel=Channel.PHONE, address=to),
@@ -663,14 +694,14 @@ class TwilioVoice:
             )
         except TwilioError as exc:
             error = {"code": exc.code, "status": exc.status, "message": exc.message}
-            await self.rt.service.end_session(session.id, "failed", {"error": error})
+            await self.service.end_session(session.id, "failed", {"error": error})
             raise GatewayError(
                 f"Twilio refused the call: {exc.message}",
                 code="twilio_error",
                 status=429 if exc.status == 429 else 502,
             ) from None
         call_sid = str(call.get("sid", ""))
-        await self.rt.store.update_session(
+        await self.store.update_session(
             session.id, meta=with_call(session, callSid=call_sid), endpoint=f"{VOICE}:{call_sid}"
         )
         return JSONResponse(

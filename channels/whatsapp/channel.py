@@ -36,18 +36,22 @@ from channels.whatsapp.referral import from_cloud
 from channels.whatsapp.render import bound_parts, split_message, to_whatsapp_markdown
 from channels.whatsapp.signature import verify_signature, verify_token_matches
 from channels.whatsapp.transcribe import TranscriptionError, transcribers_for
+from gateway.access import Access
 from gateway.api.http import read_body
 from gateway.api.models import HandshakeQuery, TemplateRequest, WhatsAppStartRequest
 from gateway.api.operation import ApiRoute, parse_body, parse_query
 from gateway.codec import bounded
-from gateway.delivery import SendFailed, Template, TemplateSender, endpoint_address, provider_of
+from gateway.conversations import ConversationService
+from gateway.delivery import Delivery, SendFailed, Template, TemplateSender, endpoint_address, provider_of
+from gateway.directory import AgentDirectory
 from gateway.errors import BadRequest, ConfigError, Conflict, Unauthorized
 from gateway.events import ContactRef, Event, InboundMessage, now_ms
 from gateway.limits import whatsapp_window_open
-from gateway.runtime import Runtime
+from gateway.metrics import Metrics
 from gateway.sanitizer import MAX_ID, MAX_NAME, clip
-from gateway.settings import WhatsAppNumber
+from gateway.settings import Settings, WhatsAppNumber
 from gateway.store.records import MessageRecord, OutboxItem, SessionRecord
+from gateway.store.sql import Store
 from gateway.types import Channel
 
 log = logging.getLogger("gateway.whatsapp")
@@ -85,13 +89,31 @@ class Number:
 
 
 class WhatsAppChannel:
-    def __init__(self, runtime: Runtime, env: Mapping[str, str], http: httpx.AsyncClient) -> None:
-        self.rt = runtime
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        http: httpx.AsyncClient,
+        *,
+        access: Access,
+        deliveries: dict[str, Delivery],
+        directory: AgentDirectory,
+        metrics: Metrics,
+        service: ConversationService,
+        settings: Settings,
+        store: Store,
+    ) -> None:
+        self.access = access
+        self.deliveries = deliveries
+        self.directory = directory
+        self.metrics = metrics
+        self.service = service
+        self.settings = settings
+        self.store = store
         self.http = http
         self.numbers: dict[str, Number] = {}
-        self.transcribers = transcribers_for(runtime, env, http)
-        for agent_id in runtime.directory.ids():
-            agent = runtime.directory.get(agent_id)
+        self.transcribers = transcribers_for(directory, env, http)
+        for agent_id in directory.ids():
+            agent = directory.get(agent_id)
             for cfg in agent.whatsapp:
                 token = env.get(cfg.access_token_env, "")
                 secret = env.get(cfg.app_secret_env) if cfg.app_secret_env else None
@@ -172,7 +194,7 @@ class WhatsAppChannel:
         return PlainTextResponse("verify token mismatch", status_code=403)
 
     async def webhook(self, request: Request) -> Response:
-        raw = await read_body(request, self.rt.settings.server.webhook_max_body_bytes)
+        raw = await read_body(request, self.settings.server.webhook_max_body_bytes)
         secret = verify_signature(raw, request.headers.get("x-hub-signature-256"), self.secrets)
         batch = parse_webhook(raw) if secret is not None or self._any_insecure() else None
         if batch is None:
@@ -192,7 +214,7 @@ class WhatsAppChannel:
             log.warning("whatsapp webhook: %s", problem)
         inbound, extras = self._inbound(batch.objects)
         if inbound:
-            for result in await self.rt.service.receive_many(inbound):
+            for result in await self.service.receive_many(inbound):
                 m = result.message
                 if m is not None and not m.pending and m.text in UNTRANSCRIBED and result.session.paused:
                     # Paused: no turn will transcribe it, but the operator still wants to read it.
@@ -210,9 +232,9 @@ class WhatsAppChannel:
 
     def _route(self, pnid: str, sender: str) -> str:
         number = self.numbers[pnid]
-        agent = self.rt.directory.get(number.agent_id)
+        agent = self.directory.get(number.agent_id)
         target = agent.dev_routes.get(sender) or agent.dev_routes.get("+" + sender)
-        return target if target and target in self.rt.directory else number.agent_id
+        return target if target and target in self.directory else number.agent_id
 
     def _inbound(self, changes: tuple[Change, ...]) -> tuple[list[InboundMessage], list[Any]]:
         """The messages to store (one transaction) and the follow-ups (reactions, edits, …)."""
@@ -313,7 +335,7 @@ class WhatsAppChannel:
                 problem,
                 extra={"phone_number_id": pnid},
             )
-            await self.rt.store.append_events(
+            await self.store.append_events(
                 [Event(type=WEBHOOK_REJECTED, agent=agent, channel=str(Channel.WHATSAPP), data=data)]
             )
 
@@ -346,8 +368,8 @@ class WhatsAppChannel:
                     e.details or e.message,
                     extra={"phone_number_id": change.phone_number_id},
                 )
-                self.rt.metrics.webhook_errors.labels(PROVIDER, level, error_label(e.code)).inc()
-            await self.rt.store.append_events(
+                self.metrics.webhook_errors.labels(PROVIDER, level, error_label(e.code)).inc()
+            await self.store.append_events(
                 [Event(type=WEBHOOK_ERROR, agent=agent, channel=str(Channel.WHATSAPP), data=data)]
             )
 
@@ -359,7 +381,7 @@ class WhatsAppChannel:
         agent = self._route(pnid, e.to)
 
         async def record() -> None:
-            store = self.rt.store
+            store = self.store
             if e.revoked_wamid is not None:
                 who = {"by": ECHO_AUTHOR, "at": e.timestamp, "wamid": e.wamid}
                 await self._hide_revoked(agent, e.revoked_wamid, who)
@@ -382,7 +404,7 @@ class WhatsAppChannel:
                 return  # the same echo stored by a concurrent delivery
             if message_id is None or not number.config.echo_pauses_ai:
                 return
-            await self.rt.service.set_paused(agent, True, contact=e.to, by=ECHO_AUTHOR)
+            await self.service.set_paused(agent, True, contact=e.to, by=ECHO_AUTHOR)
             if number.config.echo_resume_minutes:
                 # Durable: the limits sweeper resumes the contact once this time has passed.
                 until = now_ms() + int(number.config.echo_resume_minutes * 60_000)
@@ -401,7 +423,7 @@ class WhatsAppChannel:
     async def _hide_revoked(self, agent: str, original: str, who: dict[str, Any]) -> None:
         """A revoke (by the contact, or by the business from its app): the message loses its
         text, keeps who and when, and `message.revoked` tells the feeds."""
-        store = self.rt.store
+        store = self.store
         target = await store.find_message(channel=str(Channel.WHATSAPP), provider_message_id=original)
         if target is None:
             log.info("whatsapp revoke of unknown message %s ignored", original)
@@ -424,7 +446,7 @@ class WhatsAppChannel:
         """A reaction taken back: the note on the message goes, and the reaction itself."""
 
         async def unreact() -> None:
-            store = self.rt.store
+            store = self.store
             target = await store.find_message(channel=str(Channel.WHATSAPP), provider_message_id=wamid)
             if target is None:
                 return
@@ -465,7 +487,7 @@ class WhatsAppChannel:
             log.warning(
                 "whatsapp message %s for unconfigured number %s: acknowledged, not routed", m.wamid, pnid
             )
-            await self.rt.store.append_events(
+            await self.store.append_events(
                 [
                     Event(
                         type="webhook.unroutable",
@@ -480,7 +502,7 @@ class WhatsAppChannel:
 
     def _annotate(self, wamid: str, key: str, value: dict[str, Any]) -> Any:
         async def annotate() -> None:
-            await self.rt.store.annotate_message(
+            await self.store.annotate_message(
                 channel=str(Channel.WHATSAPP), provider_message_id=wamid, key=key, value=value
             )
 
@@ -488,7 +510,7 @@ class WhatsAppChannel:
 
     def _rekey(self, old: str, new: str) -> Any:
         async def rekey() -> None:
-            if await self.rt.store.rekey_contact(channel=str(Channel.WHATSAPP), old=old, new=new):
+            if await self.store.rekey_contact(channel=str(Channel.WHATSAPP), old=old, new=new):
                 log.info("whatsapp contact %s changed number to %s", old, new)
 
         return rekey
@@ -499,7 +521,7 @@ class WhatsAppChannel:
             e = status.error
             error = {"code": e.code, "title": e.title, "message": e.message, "details": e.details}
         state = "failed" if status.status == "failed" else status.status
-        events = await self.rt.store.outbox.delivery_status(
+        events = await self.store.outbox.delivery_status(
             channel=str(Channel.WHATSAPP),
             provider_message_id=status.wamid,
             status=state,
@@ -509,9 +531,9 @@ class WhatsAppChannel:
         if state == "failed" and error and error.get("code") == 131047 and events:
             sid = events[0].session_id
             if sid:
-                await self.rt.store.outbox.close_window(sid)
+                await self.store.outbox.close_window(sid)
         if status.pricing or status.conversation:
-            priced = await self.rt.store.pricing.record(
+            priced = await self.store.pricing.record(
                 channel=str(Channel.WHATSAPP),
                 provider_message_id=status.wamid,
                 idempotency_key=status.biz_opaque_callback_data,
@@ -520,7 +542,7 @@ class WhatsAppChannel:
             )
             if priced is not None:
                 agent, category, kind = priced
-                self.rt.metrics.whatsapp_priced.labels(agent, category, kind or "unknown").inc()
+                self.metrics.whatsapp_priced.labels(agent, category, kind or "unknown").inc()
 
     # ----------------------------------------------------------- delivery
 
@@ -603,17 +625,17 @@ class WhatsAppChannel:
                 out.append(m)
                 continue
             new_text = f"{m.text} {text.strip()}"
-            await self.rt.store.update_message(m.id, text=new_text, meta={"transcribed": True})
+            await self.store.update_message(m.id, text=new_text, meta={"transcribed": True})
             out.append(MessageRecord(**{**_fields(m), "text": new_text}))
         return out
 
     # ---------------------------------------------------------- templates
 
     async def send_template(self, request: Request) -> JSONResponse:
-        principal = await self.rt.access.key(request)
-        session = await self.rt.access.session(principal, request.path_params["session_id"])
+        principal = await self.access.key(request)
+        session = await self.access.session(principal, request.path_params["session_id"])
         # Whichever provider carries the session builds the template (Graph or Twilio Content).
-        sender = self.rt.deliveries.get(provider_of(session) or "")
+        sender = self.deliveries.get(provider_of(session) or "")
         if sender is None or not isinstance(sender, TemplateSender):
             raise Conflict(
                 "templates are sent on WhatsApp and Twilio messaging sessions only", code="not_whatsapp"
@@ -621,15 +643,15 @@ class WhatsAppChannel:
         if not session.active:
             raise Conflict(f"session {session.id} has ended", code="session_ended")
         body = await parse_body(request, TemplateRequest, limit=65_536)
-        message_id = await self.rt.service.send_template(session, sender.template(session, body.spec()))
+        message_id = await self.service.send_template(session, sender.template(session, body.spec()))
         return JSONResponse(
             {"sessionId": session.id, "messageId": message_id, "status": "queued"}, status_code=202
         )
 
     async def start_conversation(self, request: Request) -> JSONResponse:
         agent_id = request.path_params["agent"]
-        principal = await self.rt.access.key(request)
-        agent = self.rt.access.agent(principal, agent_id)
+        principal = await self.access.key(request)
+        agent = self.access.agent(principal, agent_id)
         body = await parse_body(request, WhatsAppStartRequest, limit=65_536)
         to = body.to.lstrip("+")
         if not to:
@@ -639,7 +661,7 @@ class WhatsAppChannel:
             raise BadRequest(f"agent {agent_id!r} has no WhatsApp number {pnid!r}", code="unknown_number")
         spec = body.template.spec()
         _template(spec)  # refuse a bad template before any session exists
-        session = await self.rt.service.start_session(
+        session = await self.service.start_session(
             agent_id=agent_id,
             channel=Channel.WHATSAPP,
             contact=ContactRef(channel=Channel.WHATSAPP, address=to),
@@ -647,7 +669,7 @@ class WhatsAppChannel:
             metadata=body.metadata,
             endpoint=f"{PROVIDER}:{pnid}",
         )
-        message_id = await self.rt.service.send_template(session, self.template(session, spec))
+        message_id = await self.service.send_template(session, self.template(session, spec))
         return JSONResponse(
             {"sessionId": session.id, "messageId": message_id, "status": "queued"}, status_code=202
         )

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from gateway.directory import AgentDirectory
+
 _PREVIEW = 200
 
 
@@ -94,11 +96,13 @@ def _text(response: httpx.Response) -> str:
     return text.strip()
 
 
-def transcribers_for(runtime: Any, env: Mapping[str, str], http: httpx.AsyncClient) -> dict[str, Transcriber]:
+def transcribers_for(
+    directory: AgentDirectory, env: Mapping[str, str], http: httpx.AsyncClient
+) -> dict[str, Transcriber]:
     """One transcriber per agent that has a `[agents.<id>.transcriber]` table (any channel)."""
     out: dict[str, Transcriber] = {}
-    for agent_id in runtime.directory.ids():
-        t = runtime.directory.get(agent_id).transcriber
+    for agent_id in directory.ids():
+        t = directory.get(agent_id).transcriber
         if t is not None:
             key = env.get(t.api_key_env, "") if t.api_key_env else ""
             out[agent_id] = OpenAITranscriber(http, t.base_url, t.model, key, timeout=t.timeout_seconds)

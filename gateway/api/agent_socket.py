@@ -18,17 +18,21 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from gateway import ids, sanitizer
+from gateway.access import Access
 from gateway.agents.remote import ProcessHub, ProcessLink, ReplyItem
 from gateway.auth import Principal
 from gateway.bus.base import SubscriptionClosed
 from gateway.bus.fanout import Fanout, Inbox, Interest
+from gateway.calls import CallControl
 from gateway.codec import dumps
+from gateway.conversations import ConversationService
+from gateway.directory import AgentDirectory
 from gateway.errors import GatewayError
 from gateway.events import Event
+from gateway.metrics import Metrics
 from gateway.registration import Registrations
-from gateway.runtime import Runtime
-from gateway.settings import AgentConfig, describe_validation
-from gateway.store.sql import NewMessage
+from gateway.settings import AgentConfig, Settings, describe_validation
+from gateway.store.sql import NewMessage, Store
 from gateway.tasks import first_completed
 from gateway.types import EventType
 
@@ -78,8 +82,28 @@ def decode_frame(raw: str | bytes, *, max_bytes: int) -> tuple[dict[str, Any], s
 
 
 class AgentSocket:
-    def __init__(self, runtime: Runtime, hub: ProcessHub, fanout: Fanout) -> None:
-        self.rt = runtime
+    def __init__(
+        self,
+        hub: ProcessHub,
+        fanout: Fanout,
+        *,
+        access: Access,
+        calls: CallControl | None,
+        directory: AgentDirectory,
+        metrics: Metrics,
+        service: ConversationService,
+        settings: Settings,
+        stopping: asyncio.Event,
+        store: Store,
+    ) -> None:
+        self.access = access
+        self.calls = calls
+        self.directory = directory
+        self.metrics = metrics
+        self.service = service
+        self.settings = settings
+        self.stopping = stopping
+        self.store = store
         self.hub = hub
         self.fanout = fanout
 
@@ -87,19 +111,19 @@ class AgentSocket:
         return [WebSocketRoute("/v1/agents/ws", self.endpoint)]
 
     async def endpoint(self, ws: WebSocket) -> None:
-        gauge = self.rt.metrics.websockets.labels("agent")
+        gauge = self.metrics.websockets.labels("agent")
         gauge.inc()
         try:
             await ws.accept()
             try:
-                principal = await self.rt.access.key(ws)
+                principal = await self.access.key(ws)
             except GatewayError as exc:
                 await ws.close(4000 + exc.status, exc.message[:120])
                 return
             if principal.read_only:
                 await ws.close(4403, "read-only keys cannot serve agents")
                 return
-            await AgentConnection(ws, self.rt, self.hub, self.fanout, principal).run()
+            await AgentConnection(ws, self, self.hub, self.fanout, principal).run()
         except WebSocketDisconnect:
             pass
         finally:
@@ -108,17 +132,17 @@ class AgentSocket:
 
 class AgentConnection:
     def __init__(
-        self, ws: WebSocket, rt: Runtime, hub: ProcessHub, fanout: Fanout, principal: Principal
+        self, ws: WebSocket, socket: AgentSocket, hub: ProcessHub, fanout: Fanout, principal: Principal
     ) -> None:
         self.ws = ws
-        self.rt = rt
+        self.socket = socket
         self.hub = hub
         self.fanout = fanout
         self._inbox: Inbox | None = None
         self.principal = principal
         self._send_lock = asyncio.Lock()
         self.link = ProcessLink(self.send, principal.name)
-        self.registrations = Registrations(rt.settings.server, rt.directory, rt.access)
+        self.registrations = Registrations(socket.settings.server, socket.directory, socket.access)
         # agent id → None while its replay runs (live events are buffered), else its high-water seq
         self.agents: dict[str, int | None] = {}
         self._buffered: dict[str, list[tuple[int, bytes]]] = {}
@@ -149,7 +173,7 @@ class AgentConnection:
             self.link.close()
             gone = self.hub.detach(self.link)
             if gone:
-                await self.rt.store.append_events(
+                await self.socket.store.append_events(
                     [
                         Event(type=EventType.AGENT_DISCONNECTED, agent=a, data={"process": self.link.name})
                         for a in gone
@@ -160,7 +184,7 @@ class AgentConnection:
                     await self.ws.close(1000)
 
     async def _stopping(self) -> None:
-        await self.rt.stopping.wait()
+        await self.socket.stopping.wait()
         with contextlib.suppress(Exception):
             await self.ws.close(1001, "server shutting down")
 
@@ -231,14 +255,14 @@ class AgentConnection:
             session_id = _str(frame, "session_id", max_len=64)
             await self._own(session_id)
             text = frame.get("text")
-            owner = await self.rt.store.session(session_id)
-            limit = self.rt.directory.get(owner.agent_id).limits.max_text_chars if owner else 4096
+            owner = await self.socket.store.session(session_id)
+            limit = self.socket.directory.get(owner.agent_id).limits.max_text_chars if owner else 4096
             if not isinstance(text, str) or not text.strip() or len(text) > limit:
                 raise FrameError(
                     "invalid_frame", f"`text` must be a non-empty string of at most {limit} characters"
                 )
             author = frame.get("author") if isinstance(frame.get("author"), str) else self.link.name
-            message_id = await self.rt.service.send_human(
+            message_id = await self.socket.service.send_human(
                 session_id, text, author=str(author)[:128], by=self.principal.name
             )
             out = {"event": "session.sent", "session_id": session_id, "message_id": message_id}
@@ -278,20 +302,20 @@ class AgentConnection:
         self._buffered.setdefault(agent_id, [])
         if self._inbox is not None:
             self.fanout.follow(self._inbox, agent_id)
-        if agent_id in self.rt.directory and self.rt.directory.origin(agent_id) == "config":
-            self.rt.directory.put(agent_id, config, origin="config")  # served, never redefined
+        if agent_id in self.socket.directory and self.socket.directory.origin(agent_id) == "config":
+            self.socket.directory.put(agent_id, config, origin="config")  # served, never redefined
         else:
-            self.rt.directory.put(agent_id, config, origin="process")
-            await self.rt.store.sync_agents({agent_id: config.model_dump(mode="json")}, origin="process")
+            self.socket.directory.put(agent_id, config, origin="process")
+            await self.socket.store.sync_agents({agent_id: config.model_dump(mode="json")}, origin="process")
         if first:
-            await self.rt.store.append_events(
+            await self.socket.store.append_events(
                 [Event(type=EventType.AGENT_CONNECTED, agent=agent_id, data={"process": self.link.name})]
             )
-        high = await self.rt.store.last_seq()
+        high = await self.socket.store.last_seq()
         if last_seq is not None:
             cursor = last_seq
             while True:
-                batch = await self.rt.store.events_after(cursor, agents=[agent_id], limit=500)
+                batch = await self.socket.store.events_after(cursor, agents=[agent_id], limit=500)
                 for event in batch:
                     await self.send(event.to_wire())
                 if batch:
@@ -336,8 +360,8 @@ class AgentConnection:
             raise FrameError("unknown_turn", f"no turn {message_id!r} is waiting for a reply")
 
     async def _own(self, session_id: str) -> None:
-        session = await self.rt.store.session(session_id)
-        if session is None or not self.rt.access.sees_session(self.principal, session):
+        session = await self.socket.store.session(session_id)
+        if session is None or not self.socket.access.sees_session(self.principal, session):
             raise FrameError("unknown_session", f"no session {session_id!r}")
         if session.agent_id not in self.agents:
             raise FrameError(
@@ -356,7 +380,7 @@ class AgentConnection:
             raise FrameError("invalid_frame", "`session_id` must be a string")
         if contact is not None and not isinstance(contact, str):
             raise FrameError("invalid_frame", "`contact` must be a string")
-        changed = await self.rt.service.set_paused(
+        changed = await self.socket.service.set_paused(
             agent_id, paused, session_id=session_id, contact=contact, by=self.principal.name
         )
         out: dict[str, Any] = {
@@ -373,10 +397,10 @@ class AgentConnection:
         await self.send(out)
 
     async def _session_command(self, kind: str, frame: dict[str, Any], request_id: Any) -> None:
-        service, store = self.rt.service, self.rt.store
+        service, store = self.socket.service, self.socket.store
         session_id = _str(frame, "session_id", max_len=64)
         session = await store.session(session_id)
-        if session is None or not self.rt.access.sees_session(self.principal, session):
+        if session is None or not self.socket.access.sees_session(self.principal, session):
             raise FrameError("unknown_session", f"no session {session_id!r}")
         if session.agent_id not in self.agents:
             raise FrameError(
@@ -438,7 +462,7 @@ class AgentConnection:
 
     async def _call_command(self, kind: str, frame: dict[str, Any], request_id: Any) -> None:
         """Phone calls: answer a `call.ringing`, or steer a live call of one's own agent."""
-        calls = self.rt.calls
+        calls = self.socket.calls
         if calls is None:
             raise FrameError("no_phone", "this gateway has no phone channel")
         if kind in ("call.accept", "call.reject"):

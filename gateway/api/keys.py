@@ -12,11 +12,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
+from gateway.access import Access
 from gateway.api.models import KeyListQuery, KeyRequest
 from gateway.api.operation import ApiRoute, parse_body, parse_query
+from gateway.auth import Auth
 from gateway.errors import BadRequest, NotFound
-from gateway.runtime import Runtime
 from gateway.store.records import ApiKeyRecord
+from gateway.store.sql import Store
 
 SLUG = re.compile(r"^[A-Za-z0-9_\-.]{1,64}$")
 
@@ -37,8 +39,10 @@ def key_json(k: ApiKeyRecord) -> dict[str, Any]:
 
 
 class KeyRoutes:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(self, *, access: Access, auth: Auth, store: Store) -> None:
+        self.access = access
+        self.auth = auth
+        self.store = store
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -69,7 +73,7 @@ class KeyRoutes:
         ]
 
     async def _admin(self, request: Request) -> None:
-        principal = await self.rt.access.key(request)
+        principal = await self.access.key(request)
         if not principal.admin:  # a tenant key cannot tell that key management exists
             raise NotFound("not found", code="not_found")
 
@@ -81,7 +85,7 @@ class KeyRoutes:
             raise BadRequest("`tenant` is letters, digits, '-', '_' and '.'", code="invalid_tenant")
         if agents is not None and not all(SLUG.match(a) for a in agents):
             raise BadRequest("`agents` must be a list of agent ids", code="invalid_agents")
-        key, record = await self.rt.auth.create_key(
+        key, record = await self.auth.create_key(
             name, tenant, agents=agents, read_only=body.readOnly, admin=body.admin
         )
         return JSONResponse({"key": key, **key_json(record)}, status_code=201)
@@ -89,12 +93,12 @@ class KeyRoutes:
     async def list(self, request: Request) -> JSONResponse:
         await self._admin(request)
         tenant = parse_query(request, KeyListQuery).tenant
-        keys = [k for k in await self.rt.store.api_keys() if tenant is None or k.tenant == tenant]
+        keys = [k for k in await self.store.api_keys() if tenant is None or k.tenant == tenant]
         return JSONResponse({"keys": [key_json(k) for k in keys]})
 
     async def revoke(self, request: Request) -> JSONResponse:
         await self._admin(request)
         key_id = request.path_params["key_id"]
-        if not key_id.startswith("key_") or not await self.rt.store.revoke_api_key(key_id):
+        if not key_id.startswith("key_") or not await self.store.revoke_api_key(key_id):
             raise NotFound(f"no active key {key_id!r}", code="unknown_key")
         return JSONResponse({"id": key_id, "revoked": True})

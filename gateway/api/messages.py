@@ -16,12 +16,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
+from gateway.access import Access
 from gateway.api.http import error
 from gateway.api.models import ContactObject, MessageRequest
 from gateway.api.operation import ApiRoute, parse_body
 from gateway.bus.base import Subscription, SubscriptionClosed
+from gateway.bus.facade import Bus
 from gateway.codec import decode_event
-from gateway.conversations import check_text
+from gateway.conversations import ConversationService, check_text
 from gateway.errors import Conflict, NotFound
 from gateway.events import (
     BotCancelled,
@@ -33,17 +35,23 @@ from gateway.events import (
     SessionError,
     SessionPaused,
 )
-from gateway.runtime import Runtime
+from gateway.settings import Settings
 from gateway.store.records import SessionRecord
-from gateway.store.sql import SessionQuery
+from gateway.store.sql import SessionQuery, Store
 from gateway.types import Channel
 
 REPLY_TIMEOUT_SECONDS = 600.0
 
 
 class MessageRoutes:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(
+        self, *, access: Access, bus: Bus, service: ConversationService, settings: Settings, store: Store
+    ) -> None:
+        self.access = access
+        self.bus = bus
+        self.service = service
+        self.settings = settings
+        self.store = store
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -59,21 +67,20 @@ class MessageRoutes:
         ]
 
     async def post(self, request: Request) -> Response:
-        rt = self.rt
         agent = request.path_params["agent"]
-        principal = await rt.access.key(request)
-        config = rt.access.agent(principal, agent)
-        body = await parse_body(request, MessageRequest, limit=rt.settings.server.max_body_bytes)
+        principal = await self.access.key(request)
+        config = self.access.agent(principal, agent)
+        body = await parse_body(request, MessageRequest, limit=self.settings.server.max_body_bytes)
         text = check_text(body.text, config.limits.max_text_chars)
         session_id = body.sessionId
         metadata = body.metadata or {}
         contact = _contact(body.contact)
         session = await self._session(agent, session_id, contact, metadata)
         # Subscribe before the message is stored, so no token of its reply is missed.
-        sub_cm = rt.bus.subscribe_session(session.id, 10_000)
+        sub_cm = self.bus.subscribe_session(session.id, 10_000)
         sub = await sub_cm.__aenter__()
         try:
-            result = await rt.service.receive(
+            result = await self.service.receive(
                 InboundMessage(
                     agent=agent,
                     channel=Channel.API,
@@ -97,7 +104,7 @@ class MessageRoutes:
         if "text/event-stream" in request.headers.get("accept", ""):
             return EventSourceResponse(
                 self._stream(sub_cm, sub, session.id, message_id),
-                ping=int(rt.settings.server.sse_ping_seconds),
+                ping=int(self.settings.server.sse_ping_seconds),
             )
         try:
             async for kind, data in _reply(sub, message_id):
@@ -123,21 +130,20 @@ class MessageRoutes:
     async def _session(
         self, agent: str, session_id: str | None, contact: ContactRef | None, metadata: dict[str, Any]
     ) -> SessionRecord:
-        rt = self.rt
         if session_id is not None:
-            session = await rt.store.session(session_id)
+            session = await self.store.session(session_id)
             if session is None or session.agent_id != agent:
                 raise NotFound(f"no session {session_id!r} for agent {agent!r}", code="unknown_session")
             if not session.active:
                 raise Conflict(f"session {session_id} has ended", code="session_ended")
             return session
         if contact is not None:
-            found = await rt.store.sessions(
+            found = await self.store.sessions(
                 SessionQuery(agent=agent, contact=contact.address, channel="api", status="active", limit=1)
             )
             if found:
                 return found[0]
-        return await rt.service.start_session(
+        return await self.service.start_session(
             agent_id=agent, channel=Channel.API, contact=contact, metadata=metadata
         )
 

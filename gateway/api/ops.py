@@ -15,14 +15,32 @@ from starlette.staticfiles import StaticFiles
 from gateway.api.openapi import openapi_document
 from gateway.api.operation import ApiRoute
 from gateway.auth import origin_allowed
-from gateway.runtime import Runtime
+from gateway.bus.facade import Bus
+from gateway.directory import AgentDirectory
+from gateway.metrics import Metrics
+from gateway.settings import Settings
+from gateway.store.sql import Store
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
 class OpsRoutes:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(
+        self,
+        *,
+        bus: Bus,
+        directory: AgentDirectory,
+        metrics: Metrics,
+        settings: Settings,
+        stopping: asyncio.Event,
+        store: Store,
+    ) -> None:
+        self.bus = bus
+        self.directory = directory
+        self._metrics = metrics
+        self.settings = settings
+        self.stopping = stopping
+        self.store = store
         self._demo_html: str | None = None
         self._openapi: dict[str, Any] | None = None
 
@@ -56,7 +74,7 @@ class OpsRoutes:
 
     async def readyz(self, _request: Request) -> JSONResponse:
         checks: dict[str, str] = {}
-        for name, probe in (("database", self.rt.store.ping), ("bus", self.rt.bus.ping)):
+        for name, probe in (("database", self.store.ping), ("bus", self.bus.ping)):
             try:
                 async with asyncio.timeout(3):
                     await probe()
@@ -67,14 +85,14 @@ class OpsRoutes:
         # instance out). Without the bus everything is still accepted and stored, and feeds
         # catch up from the store (docs/operations.md): ready, but "degraded", so that a
         # shared bus going down does not take every instance out of the load balancer.
-        ok = checks["database"] == "ok" and not self.rt.stopping.is_set()
-        if self.rt.stopping.is_set():
+        ok = checks["database"] == "ok" and not self.stopping.is_set()
+        if self.stopping.is_set():
             checks["server"] = "shutting down"
         status = "unavailable" if not ok else "ok" if checks["bus"] == "ok" else "degraded"
         return JSONResponse({"status": status, "checks": checks}, status_code=200 if ok else 503)
 
     async def metrics(self, _request: Request) -> Response:
-        return Response(self.rt.metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(self._metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def openapi(self, request: Request) -> JSONResponse:
         if self._openapi is None:
@@ -93,7 +111,7 @@ class OpsRoutes:
         agent = request.query_params.get("agent") or self.demo_agent(
             f"{request.url.scheme}://{request.url.netloc}"
         )
-        answer = self.rt.directory.get(agent).answer if agent and agent in self.rt.directory else ""
+        answer = self.directory.get(agent).answer if agent and agent in self.directory else ""
         if self._demo_html is None:
             self._demo_html = (STATIC / "index.html").read_text(encoding="utf-8")
         body = f'<body data-agent="{html.escape(agent or "")}" data-answer="{html.escape(answer)}">'
@@ -102,10 +120,10 @@ class OpsRoutes:
 
     def demo_agent(self, origin: str) -> str | None:
         """gateway.toml's agents in the file's order, then those agent processes added."""
-        configured = list(self.rt.settings.agents)
-        ordered = configured + [a for a in self.rt.directory.ids() if a not in self.rt.settings.agents]
+        configured = list(self.settings.agents)
+        ordered = configured + [a for a in self.directory.ids() if a not in self.settings.agents]
         for agent_id in ordered:
-            config = self.rt.directory.find(agent_id)
+            config = self.directory.find(agent_id)
             if config is not None and origin_allowed(origin, config.allowed_origins):
                 return agent_id
         return None

@@ -6,14 +6,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
+from gateway.access import Access
 from gateway.api.models import PricingQuery
 from gateway.api.operation import ApiRoute, parse_query
-from gateway.runtime import Runtime
+from gateway.store.sql import Store
 
 
 class PricingRoutes:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(self, *, access: Access, store: Store) -> None:
+        self.access = access
+        self.store = store
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -35,17 +37,17 @@ class PricingRoutes:
         ]
 
     async def session(self, request: Request) -> JSONResponse:
-        principal = await self.rt.access.key(request)
+        principal = await self.access.key(request)
         sid = request.path_params["session_id"]
-        found = await self.rt.access.session(principal, sid)
-        summary = await self.rt.store.pricing.summary(session_id=sid)
+        found = await self.access.session(principal, sid)
+        summary = await self.store.pricing.summary(session_id=sid)
         return JSONResponse({"sessionId": sid, "agent": found.agent_id, **summary})
 
     async def agent(self, request: Request) -> JSONResponse:
-        principal = await self.rt.access.key(request)
+        principal = await self.access.key(request)
         agent_id = request.path_params["agent"]
-        self.rt.access.agent(principal, agent_id)
+        self.access.agent(principal, agent_id)
         q = parse_query(request, PricingQuery)
         since, until = q.since, q.until
-        summary = await self.rt.store.pricing.summary(agent_id=agent_id, since=since, until=until)
+        summary = await self.store.pricing.summary(agent_id=agent_id, since=since, until=until)
         return JSONResponse({"agent": agent_id, "since": since, "until": until, **summary})

@@ -11,13 +11,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
 from gateway import sanitizer
+from gateway.access import Access
 from gateway.api.models import INT64_MAX, INT64_MIN, SessionListQuery
 from gateway.api.operation import ApiRoute, parse_query
+from gateway.conversations import ConversationService
 from gateway.errors import BadRequest
-from gateway.runtime import Runtime
 from gateway.sanitizer import clean_json
 from gateway.store.records import MessageRecord, SessionRecord
-from gateway.store.sql import SessionQuery
+from gateway.store.sql import SessionQuery, Store
 
 
 def session_json(s: SessionRecord) -> dict[str, Any]:
@@ -103,8 +104,10 @@ def _cursor(value: str | None) -> tuple[int, str] | None:
 
 
 class SessionRoutes:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(self, *, access: Access, service: ConversationService, store: Store) -> None:
+        self.access = access
+        self.service = service
+        self.store = store
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -133,12 +136,12 @@ class SessionRoutes:
         ]
 
     async def list(self, request: Request) -> JSONResponse:
-        principal = await self.rt.access.key(request)
+        principal = await self.access.key(request)
         q = parse_query(request, SessionListQuery)
         limit = q.limit
         query = SessionQuery(
             agent=q.agent,
-            agents=self.rt.access.visible(principal),
+            agents=self.access.visible(principal),
             contact=q.contact,
             channel=q.channel,
             status=q.status,
@@ -148,7 +151,7 @@ class SessionRoutes:
             limit=limit + 1,
             cursor=_cursor(q.cursor),
         )
-        rows = await self.rt.store.sessions(query)
+        rows = await self.store.sessions(query)
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = None
@@ -157,14 +160,14 @@ class SessionRoutes:
             next_cursor = (
                 base64.urlsafe_b64encode(f"{last.started_at}:{last.id}".encode()).decode().rstrip("=")
             )
-        newest = await self.rt.store.last_messages([s.id for s in rows])
+        newest = await self.store.last_messages([s.id for s in rows])
         sessions = [{**session_json(s), "lastMessage": _preview(newest.get(s.id))} for s in rows]
         return JSONResponse({"sessions": sessions, "nextCursor": next_cursor})
 
     async def get(self, request: Request) -> JSONResponse:
-        principal = await self.rt.access.key(request)
-        session = await self.rt.access.session(principal, request.path_params["session_id"])
-        messages = await self.rt.store.messages(session.id)
+        principal = await self.access.key(request)
+        session = await self.access.session(principal, request.path_params["session_id"])
+        messages = await self.store.messages(session.id)
         out = session_json(session)
         contact = session.contact.address if session.contact else None
         inbound = session.direction == "inbound"
@@ -179,9 +182,9 @@ class SessionRoutes:
         return JSONResponse(out)
 
     async def delete(self, request: Request) -> JSONResponse:
-        principal = await self.rt.access.key(request)
-        session = await self.rt.access.session(principal, request.path_params["session_id"])
-        erased = await self.rt.service.erase_session(session.id, by=principal.name)
+        principal = await self.access.key(request)
+        session = await self.access.session(principal, request.path_params["session_id"])
+        erased = await self.service.erase_session(session.id, by=principal.name)
         return JSONResponse(
             {"sessionId": erased.id, "status": erased.status, "reason": erased.end_reason, "erased": True}
         )

@@ -6,16 +6,34 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
+from gateway.access import Access
 from gateway.api.models import TokenRequest
 from gateway.api.operation import ApiRoute, parse_body
-from gateway.auth import origin_allowed
+from gateway.auth import Auth, origin_allowed
+from gateway.directory import AgentDirectory
 from gateway.errors import Forbidden, NotFound, RateLimited
-from gateway.runtime import Runtime
+from gateway.ratelimit import RateLimiter
+from gateway.settings import Settings
+from gateway.store.sql import Store
 
 
 class TokenRoutes:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(
+        self,
+        *,
+        access: Access,
+        auth: Auth,
+        directory: AgentDirectory,
+        origin_mints: RateLimiter,
+        settings: Settings,
+        store: Store,
+    ) -> None:
+        self.access = access
+        self.auth = auth
+        self.directory = directory
+        self.origin_mints = origin_mints
+        self.settings = settings
+        self.store = store
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -32,19 +50,18 @@ class TokenRoutes:
         ]
 
     async def create(self, request: Request) -> JSONResponse:
-        rt = self.rt
         body = await parse_body(request, TokenRequest, limit=16_384)
         channel, agent, metadata, session_id = body.channel, body.agent, body.metadata or {}, body.sessionId
         if "authorization" in request.headers:
             # A chat token lets a browser talk (a write); a stream token only reads.
-            principal = await rt.access.key(request, write=channel == "chat")
-            config = rt.access.agent(principal, agent)
+            principal = await self.access.key(request, write=channel == "chat")
+            config = self.access.agent(principal, agent)
             if session_id is not None:
-                session = await rt.access.session(principal, session_id)
+                session = await self.access.session(principal, session_id)
                 if session.agent_id != agent:
                     raise NotFound(f"no session {session_id!r}", code="unknown_session")
         else:
-            config = rt.directory.get(agent)
+            config = self.directory.get(agent)
             origin = request.headers.get("origin")
             if not origin:
                 raise Forbidden(
@@ -56,7 +73,7 @@ class TokenRoutes:
                     f"origin {origin!r} is not in the allowed origins of {agent!r}", code="origin_not_allowed"
                 )
             # Anyone can send any Origin header: the rate bounds what a script can mint.
-            wait = rt.origin_mints.take(origin.rstrip("/").lower())
+            wait = self.origin_mints.take(origin.rstrip("/").lower())
             if wait is not None:
                 raise RateLimited(f"too many tokens minted for origin {origin!r}", retry_after=wait)
             # A page opens only its own conversation: a chat, or the feed of one chat session
@@ -68,17 +85,17 @@ class TokenRoutes:
                     code="session_required",
                 )
             if session_id is not None:
-                found = await rt.store.session(session_id)
+                found = await self.store.session(session_id)
                 if found is None or found.agent_id != agent or found.channel != "chat":
                     raise NotFound(f"no session {session_id!r}", code="unknown_session")
-        token = await rt.auth.mint(channel=channel, agent=agent, metadata=metadata, session_id=session_id)
-        server = (rt.settings.server.public_url or str(request.base_url)).rstrip("/")
+        token = await self.auth.mint(channel=channel, agent=agent, metadata=metadata, session_id=session_id)
+        server = (self.settings.server.public_url or str(request.base_url)).rstrip("/")
         headers = {}
         origin = request.headers.get("origin")
         if origin and origin_allowed(origin, config.allowed_origins):
             headers = {"access-control-allow-origin": origin, "vary": "Origin"}
         return JSONResponse(
-            {"token": token, "server": server, "expiresIn": rt.auth.ttl_seconds},
+            {"token": token, "server": server, "expiresIn": self.auth.ttl_seconds},
             status_code=201,
             headers=headers,
         )

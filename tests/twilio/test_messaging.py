@@ -15,7 +15,7 @@ from channels.twilio.messaging import TwilioMessaging, parse_inbound
 from channels.twilio.signature import sign
 from gateway.delivery import SendFailed
 from gateway.limits import whatsapp_window_open
-from gateway.server import build_runtime
+from gateway.server import build_services
 from gateway.store.records import OutboxItem
 from gateway.store.sql import SessionQuery
 from tests.conftest import Running, SseReader, run_gateway, session_record
@@ -508,9 +508,14 @@ async def test_transport_failures_map_to_send_failed(
         raise failure
 
     settings = twilio_settings(sqlite_url, FakeTwilio(), server={"public_url": PUBLIC})
-    rt = build_runtime(settings, ENV)
+    rt = build_services(settings, ENV)
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-        messaging = TwilioMessaging(rt, TwilioAccounts(rt, ENV, http))
+        messaging = TwilioMessaging(
+            TwilioAccounts(ENV, http, directory=rt.directory),
+            service=rt.service,
+            settings=settings,
+            store=rt.store,
+        )
         payload = {"to": CALLER, "from": SMS_NUMBER, "body": "hi", "mediaUrls": []}
         with pytest.raises(SendFailed) as caught:
             await messaging.send(_item(f"twilio:{SMS_NUMBER}", payload))
@@ -533,9 +538,14 @@ async def test_rest_errors_map_to_send_failed(sqlite_url: str) -> None:
         return replies[len(sent) - 1]
 
     settings = twilio_settings(sqlite_url, FakeTwilio())
-    rt = build_runtime(settings, ENV)
+    rt = build_services(settings, ENV)
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-        messaging = TwilioMessaging(rt, TwilioAccounts(rt, ENV, http))
+        messaging = TwilioMessaging(
+            TwilioAccounts(ENV, http, directory=rt.directory),
+            service=rt.service,
+            settings=settings,
+            store=rt.store,
+        )
         item = _item(
             f"twilio:{WA_NUMBER}", {"to": WA_CALLER, "from": WA_NUMBER, "body": "x", "mediaUrls": []}
         )
