@@ -8,7 +8,8 @@ Observers (SSE feeds, chat sockets, agent processes) only read the bus and the s
 Split by noun: this module is the ingest and a session's life (start, context, end,
 erase, resume after a restart); `gateway.takeover` pauses, hands back and sends as a
 person; `gateway.replies` runs a turn; `gateway.streaming` publishes a reply while it
-is made; `gateway.history` is what the agent remembers.
+is made; `gateway.history` is what the agent remembers; `gateway.observations` is what
+a channel or an agent process tells it outside a turn.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from gateway.events import ContactRef, Event, InboundMessage
 from gateway.fairness import TenantGate
 from gateway.history import EarlierConversations
 from gateway.metrics import Metrics
+from gateway.observations import Observations
 from gateway.replies import AgentFactory, Replies
 from gateway.settings import Settings
 from gateway.store.records import SessionRecord
@@ -59,7 +61,7 @@ def check_text(text: object, limit: int) -> str:
     return text
 
 
-class ConversationService(Takeover, Replies):
+class ConversationService(Takeover, Replies, Observations):
     def __init__(
         self,
         *,

@@ -232,9 +232,7 @@ def create_app(
     rt.agents.builtins.call_control = voice.control
     messaging = TwilioMessaging(twilio, service=rt.service, settings=settings, store=rt.store)
     rt.deliveries[TWILIO] = messaging
-    outbound = TwilioOutbound(
-        twilio, messaging, access=rt.access, outbox=rt.outbox, service=rt.service, store=rt.store
-    )
+    outbound = TwilioOutbound(twilio, messaging, access=rt.access, service=rt.service)
     # One reader of the global topic for every feed and agent socket (gateway/bus/fanout.py).
     fanout = Fanout(rt.bus)
     rt.directory.watch(fanout.agent_changed)

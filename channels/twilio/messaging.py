@@ -330,7 +330,7 @@ class TwilioMessaging:
         log.warning(
             "twilio message %s rejected (%s): acknowledged, recorded as webhook.rejected", sid, problem
         )
-        await self.store.append_events(
+        await self.service.record_events(
             [
                 Event(
                     type="webhook.rejected",
@@ -351,7 +351,7 @@ class TwilioMessaging:
     async def _unroutable(self, msg: TwilioInbound) -> None:
         log.warning("twilio message %s for unconfigured number %s: acknowledged, not routed", msg.sid, msg.to)
         channel = Channel.WHATSAPP if msg.to.startswith(WHATSAPP_PREFIX) else Channel.SMS
-        await self.store.append_events(
+        await self.service.record_events(
             [
                 Event(
                     type="webhook.unroutable",
@@ -520,7 +520,7 @@ class TwilioMessaging:
                 out.append(m)
                 continue
             text = f"{m.text} {said.strip()}"
-            await self.store.update_message(m.id, text=text, meta={"transcribed": True})
+            await self.service.set_transcript(m.id, text)
             out.append(dataclasses.replace(m, text=text))
         return out
 

@@ -10,7 +10,6 @@ Content API); SMS takes text (or a template too).
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -18,17 +17,14 @@ from starlette.routing import BaseRoute
 
 from channels.twilio.accounts import PROVIDER, Binding, TwilioAccounts
 from channels.twilio.messaging import CONTENT_SID, WHATSAPP_PREFIX, TwilioMessaging
-from gateway import ids
 from gateway.access import Access
 from gateway.api.models import TwilioStartRequest
 from gateway.api.operation import ApiRoute, parse_body
 from gateway.conversations import ConversationService, check_text
 from gateway.errors import BadRequest, Conflict
-from gateway.events import ContactRef, Event, now_ms
-from gateway.outbox import Outbox
+from gateway.events import ContactRef
 from gateway.store.outbox import OutboxPart
-from gateway.store.sql import NewMessage, Store
-from gateway.types import Channel, EventType
+from gateway.types import Channel
 
 E164 = re.compile(r"^\+[1-9][0-9]{4,15}$")
 
@@ -40,14 +36,10 @@ class TwilioOutbound:
         messaging: TwilioMessaging,
         *,
         access: Access,
-        outbox: Outbox,
         service: ConversationService,
-        store: Store,
     ) -> None:
         self.access = access
-        self.outbox = outbox
         self.service = service
-        self.store = store
         self.accounts = accounts
         self.messaging = messaging
 
@@ -113,25 +105,11 @@ class TwilioOutbound:
             return _queued(session.id, message_id)
         shown = str(text)
         payloads = self.messaging.render(session, shown, None)
-        message_id = ids.message_id()
-        data: dict[str, Any] = {"messageId": message_id, "text": shown, "source": "agent"}
-        await self.store.record_reply(
-            session_id=session.id,
-            answered=[],
-            messages=[NewMessage(id=message_id, role="assistant", text=shown)],
+        message_id = await self.service.say(
+            session,
+            shown,
             outbox=[OutboxPart(payload=p, part=i, parts=len(payloads)) for i, p in enumerate(payloads)],
-            events=[
-                Event(
-                    type=EventType.BOT_MESSAGE,
-                    agent=agent_id,
-                    session_id=session.id,
-                    channel=session.channel,
-                    ts=now_ms(),
-                    data=data,
-                )
-            ],
         )
-        self.outbox.wake()
         return _queued(session.id, message_id)
 
     def _sender(self, agent_id: str, from_: str | None, *, whatsapp: bool) -> Binding:

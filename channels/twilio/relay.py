@@ -247,7 +247,7 @@ class RelayConnection:
         self._warned = self._final_warned = False
 
     async def _event(self, type_: EventType | str, data: dict[str, Any]) -> None:
-        await self.store.append_events(
+        await self.service.record_events(
             [Event(type=type_, agent=self.session.agent_id, session_id=self.sid, channel="phone", data=data)]
         )
 

@@ -46,7 +46,7 @@ from gateway.events import ContactRef, Event, now_ms
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.store.records import SessionRecord
-from gateway.store.sql import NewMessage, Store
+from gateway.store.sql import Store
 from gateway.types import Channel, EventType
 
 log = logging.getLogger("gateway.twilio.voice")
@@ -209,7 +209,7 @@ class TwilioVoice:
         binding = self.accounts.get(called)
         if binding is None or binding.config.whatsapp:
             log.warning("call %s to unconfigured number %s: rejected", call_sid, called)
-            await self.store.append_events(
+            await self.service.record_events(
                 [
                     Event(
                         type="webhook.unroutable",
@@ -249,7 +249,7 @@ class TwilioVoice:
         self._ringing[call_sid] = (agent_id, future)
         data = {"callId": call_sid, "from": caller, "to": called}
         try:
-            await self.store.append_events(
+            await self.service.record_events(
                 [Event(type=EventType.CALL_RINGING, agent=agent_id, channel="phone", data=data)]
             )
             timeout = self.directory.get(agent_id).phone.ringing_timeout_seconds
@@ -261,7 +261,7 @@ class TwilioVoice:
         finally:
             self._ringing.pop(call_sid, None)
         if not accepted:
-            await self.store.append_events(
+            await self.service.record_events(
                 [
                     Event(
                         type="call.rejected",
@@ -310,7 +310,7 @@ class TwilioVoice:
             if isinstance(reconnects, int) and reconnects < MAX_RECONNECTS:
                 # The relay dropped (our restart, a network cut): connect the call again.
                 log.info("call %s: relay failed (%s); reconnecting", call_sid, error)
-                await self.store.update_session(
+                await self.service.update_session(
                     session.id, meta=with_call(session, reconnects=reconnects + 1)
                 )
                 return _xml(
@@ -440,7 +440,7 @@ class TwilioVoice:
             if "answeredAt" not in known or known.get("callSid") != setup.call_sid:
                 changes = {"callSid": setup.call_sid, "answeredAt": known.get("answeredAt") or now_ms()}
                 existing = (
-                    await self.store.update_session(
+                    await self.service.update_session(
                         existing.id, meta=with_call(existing, **changes), endpoint=f"{VOICE}:{setup.call_sid}"
                     )
                     or existing
@@ -488,21 +488,7 @@ class TwilioVoice:
         """Twilio says the welcome greeting; it is stored so the agent knows it was said."""
         if not greeting:
             return
-        message_id = ids.message_id()
-        await self.store.record_reply(
-            session_id=session.id,
-            answered=[],
-            messages=[NewMessage(id=message_id, role="assistant", text=greeting, meta={"greeting": True})],
-            events=[
-                Event(
-                    type=EventType.BOT_MESSAGE,
-                    agent=session.agent_id,
-                    session_id=session.id,
-                    channel=session.channel,
-                    data={"messageId": message_id, "text": greeting, "source": "agent", "greeting": True},
-                )
-            ],
-        )
+        await self.service.say(session, greeting, meta={"greeting": True}, extra={"greeting": True})
 
     async def _after_socket(self, conn: RelayConnection) -> None:
         """The socket is gone: settle the reply it was saying; end the session if the call is over."""
@@ -569,8 +555,8 @@ class TwilioVoice:
             changes: dict[str, Any] = {"config": kept}
             if "language" in clean:
                 changes["language"] = clean["language"]
-            await self.store.update_session(session_id, meta=with_call(session, **changes))
-            await self.store.append_events(
+            await self.service.update_session(session_id, meta=with_call(session, **changes))
+            await self.service.record_events(
                 [
                     Event(
                         type=CALL_CONFIGURED,
@@ -583,7 +569,7 @@ class TwilioVoice:
             )
         else:
             await conn.send(rp.language(clean["language"]))
-            await self.store.update_session(session_id, meta=with_call(session, language=clean["language"]))
+            await self.service.update_session(session_id, meta=with_call(session, language=clean["language"]))
         return {"sessionId": session_id, "action": action, "status": "ok"}
 
     async def _finish(self, action: str, session_id: str, args: Mapping[str, Any] | None) -> None:
@@ -597,7 +583,7 @@ class TwilioVoice:
         if action == "forward":
             to = str(args["to"])
             handoff: dict[str, Any] = {"action": "forward", "to": to}
-            await self.store.append_events(
+            await self.service.record_events(
                 [
                     Event(
                         type=EventType.CALL_FORWARDED,
@@ -701,7 +687,7 @@ class TwilioVoice:
                 status=429 if exc.status == 429 else 502,
             ) from None
         call_sid = str(call.get("sid", ""))
-        await self.store.update_session(
+        await self.service.update_session(
             session.id, meta=with_call(session, callSid=call_sid), endpoint=f"{VOICE}:{call_sid}"
         )
         return JSONResponse(

@@ -335,7 +335,7 @@ class WhatsAppChannel:
                 problem,
                 extra={"phone_number_id": pnid},
             )
-            await self.store.append_events(
+            await self.service.record_events(
                 [Event(type=WEBHOOK_REJECTED, agent=agent, channel=str(Channel.WHATSAPP), data=data)]
             )
 
@@ -369,7 +369,7 @@ class WhatsAppChannel:
                     extra={"phone_number_id": change.phone_number_id},
                 )
                 self.metrics.webhook_errors.labels(PROVIDER, level, error_label(e.code)).inc()
-            await self.store.append_events(
+            await self.service.record_events(
                 [Event(type=WEBHOOK_ERROR, agent=agent, channel=str(Channel.WHATSAPP), data=data)]
             )
 
@@ -409,7 +409,9 @@ class WhatsAppChannel:
                 # Durable: the limits sweeper resumes the contact once this time has passed.
                 until = now_ms() + int(number.config.echo_resume_minutes * 60_000)
                 latest = await store.session(session.id) or session
-                await store.update_session(session.id, meta={**latest.meta, ECHO_PAUSE: {"until": until}})
+                await self.service.update_session(
+                    session.id, meta={**latest.meta, ECHO_PAUSE: {"until": until}}
+                )
 
         return record
 
@@ -450,7 +452,7 @@ class WhatsAppChannel:
             target = await store.find_message(channel=str(Channel.WHATSAPP), provider_message_id=wamid)
             if target is None:
                 return
-            await store.annotate_message(
+            await self.service.annotate_message(
                 channel=str(Channel.WHATSAPP), provider_message_id=wamid, key="reaction", value=None
             )
             earlier = [
@@ -487,7 +489,7 @@ class WhatsAppChannel:
             log.warning(
                 "whatsapp message %s for unconfigured number %s: acknowledged, not routed", m.wamid, pnid
             )
-            await self.store.append_events(
+            await self.service.record_events(
                 [
                     Event(
                         type="webhook.unroutable",
@@ -502,7 +504,7 @@ class WhatsAppChannel:
 
     def _annotate(self, wamid: str, key: str, value: dict[str, Any]) -> Any:
         async def annotate() -> None:
-            await self.store.annotate_message(
+            await self.service.annotate_message(
                 channel=str(Channel.WHATSAPP), provider_message_id=wamid, key=key, value=value
             )
 
@@ -510,7 +512,7 @@ class WhatsAppChannel:
 
     def _rekey(self, old: str, new: str) -> Any:
         async def rekey() -> None:
-            if await self.store.rekey_contact(channel=str(Channel.WHATSAPP), old=old, new=new):
+            if await self.service.rekey_contact(channel=str(Channel.WHATSAPP), old=old, new=new):
                 log.info("whatsapp contact %s changed number to %s", old, new)
 
         return rekey
@@ -625,7 +627,7 @@ class WhatsAppChannel:
                 out.append(m)
                 continue
             new_text = f"{m.text} {text.strip()}"
-            await self.store.update_message(m.id, text=new_text, meta={"transcribed": True})
+            await self.service.set_transcript(m.id, new_text)
             out.append(MessageRecord(**{**_fields(m), "text": new_text}))
         return out
 

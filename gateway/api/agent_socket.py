@@ -173,7 +173,7 @@ class AgentConnection:
             self.link.close()
             gone = self.hub.detach(self.link)
             if gone:
-                await self.socket.store.append_events(
+                await self.socket.service.record_events(
                     [
                         Event(type=EventType.AGENT_DISCONNECTED, agent=a, data={"process": self.link.name})
                         for a in gone
@@ -306,9 +306,9 @@ class AgentConnection:
             self.socket.directory.put(agent_id, config, origin="config")  # served, never redefined
         else:
             self.socket.directory.put(agent_id, config, origin="process")
-            await self.socket.store.sync_agents({agent_id: config.model_dump(mode="json")}, origin="process")
+            await self.socket.service.declare_agent(agent_id, config.model_dump(mode="json"))
         if first:
-            await self.socket.store.append_events(
+            await self.socket.service.record_events(
                 [Event(type=EventType.AGENT_CONNECTED, agent=agent_id, data={"process": self.link.name})]
             )
         high = await self.socket.store.last_seq()
@@ -412,24 +412,21 @@ class AgentConnection:
             prompt = frame.get("prompt")
             if not isinstance(prompt, str):
                 raise FrameError("invalid_frame", "`prompt` must be a string")
-            await store.update_session(session_id, prompt=prompt)
+            await service.update_session(session_id, prompt=prompt)
         elif kind == "session.add_context":
-            text = _str(frame, "text", max_len=16_384)
-            notes = list(session.context.get("_notes", []))
-            notes.append(text)
-            await store.update_session(session_id, context={**session.context, "_notes": notes[-50:]})
+            await service.add_note(session_id, _str(frame, "text", max_len=16_384))
         elif kind == "session.set_prompt_vars":
             values = frame.get("vars")
             if not isinstance(values, dict):
                 raise FrameError("invalid_frame", "`vars` must be an object")
             merged = {**session.prompt_vars, **values}
-            await store.update_session(
+            await service.update_session(
                 session_id, prompt_vars={k: v for k, v in merged.items() if v is not None}
             )
         elif kind == "session.set_history":
-            await store.replace_history(session_id, _history(frame.get("messages")))
+            await service.replace_history(session_id, _history(frame.get("messages")))
         elif kind == "session.clear_history":
-            await store.replace_history(session_id, [])
+            await service.replace_history(session_id, [])
         elif kind == "session.get_history":
             messages = await store.messages(session_id)
             out: dict[str, Any] = {

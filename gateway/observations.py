@@ -1,0 +1,120 @@
+"""Observations: what a channel or an agent process tells the service outside a turn.
+
+Events a channel observed (a delivery problem, a call's progress, a process that came
+or went), provider receipts and prices, annotations on stored messages, a session's
+settings and notes, an agent a process declared, and an agent-side message outside a
+turn (a call's greeting, a first outbound message). The service is the one writer of
+conversations: channels and the agent socket change nothing through the store directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from gateway import ids
+from gateway.events import Event
+from gateway.store.outbox import OutboxPart
+from gateway.store.records import SessionRecord
+from gateway.store.sql import NewMessage, Store
+from gateway.types import EventType
+
+
+class Observations:
+    """The observations half of `ConversationService` (which sets these attributes)."""
+
+    store: Store
+    on_outbox: Callable[[], None]
+
+    async def session(self, session_id: str) -> SessionRecord:
+        raise NotImplementedError  # ConversationService.session
+
+    async def record_events(self, events: Sequence[Event]) -> list[Event]:
+        """Events a channel observed (a delivery problem, a call's progress, a process that
+        came or went): stored, then published."""
+        return await self.store.append_events(events)
+
+    async def declare_agent(self, agent_id: str, config: dict[str, Any]) -> None:
+        """An agent a process declared: kept so its sessions and tokens outlive the process."""
+        await self.store.sync_agents({agent_id: config}, origin="process")
+
+    async def update_session(
+        self,
+        session_id: str,
+        *,
+        meta: dict[str, Any] | None = None,
+        endpoint: str | None = None,
+        prompt: str | None = None,
+        prompt_vars: dict[str, Any] | None = None,
+    ) -> SessionRecord | None:
+        values: dict[str, Any] = {
+            k: v
+            for k, v in (
+                ("meta", meta),
+                ("endpoint", endpoint),
+                ("prompt", prompt),
+                ("prompt_vars", prompt_vars),
+            )
+            if v is not None
+        }
+        return (
+            await self.store.update_session(session_id, **values)
+            if values
+            else await self.store.session(session_id)
+        )
+
+    async def add_note(self, session_id: str, text: str, *, keep: int = 50) -> None:
+        """A note for the agent's context (the last `keep` are kept)."""
+        session = await self.session(session_id)
+        notes = [*session.context.get("_notes", []), text]
+        await self.store.update_session(session_id, context={**session.context, "_notes": notes[-keep:]})
+
+    async def replace_history(self, session_id: str, messages: Sequence[NewMessage]) -> bool:
+        return await self.store.replace_history(session_id, messages)
+
+    async def set_transcript(self, message_id: str, text: str) -> None:
+        """A voice note's transcript becomes its message's text."""
+        await self.store.update_message(message_id, text=text, meta={"transcribed": True})
+
+    async def annotate_message(
+        self, *, channel: str, provider_message_id: str, key: str, value: Any, events: Sequence[Event] = ()
+    ) -> str | None:
+        return await self.store.annotate_message(
+            channel=channel, provider_message_id=provider_message_id, key=key, value=value, events=events
+        )
+
+    async def rekey_contact(self, *, channel: str, old: str, new: str) -> bool:
+        return await self.store.rekey_contact(channel=channel, old=old, new=new)
+
+    async def say(
+        self,
+        session: SessionRecord,
+        text: str,
+        *,
+        outbox: Sequence[OutboxPart] = (),
+        meta: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+        message_id: str | None = None,
+    ) -> str:
+        """An agent-side message outside a turn (a call's greeting, a first outbound message),
+        with the outbox parts that deliver it, if any."""
+        message_id = message_id or ids.message_id()
+        data: dict[str, Any] = {"messageId": message_id, "text": text, "source": "agent", **(extra or {})}
+        await self.store.record_reply(
+            session_id=session.id,
+            answered=[],
+            messages=[NewMessage(id=message_id, role="assistant", text=text, meta=meta)],
+            outbox=outbox,
+            events=[
+                Event(
+                    type=EventType.BOT_MESSAGE,
+                    agent=session.agent_id,
+                    session_id=session.id,
+                    channel=session.channel,
+                    data=data,
+                )
+            ],
+        )
+        if outbox:
+            self.on_outbox()
+        return message_id
