@@ -252,7 +252,7 @@ async def run(p: SseParams, log_dir: Path) -> tuple[list[Row], dict[str, Any]]:
             Row(
                 "sse",
                 f"SSE subscribers connected, {n} wanted",
-                "",
+                "subscribers",
                 gw_many["subscribers"],
                 bare_many["subscribers"],
                 Target("abs_min", n),
@@ -260,7 +260,7 @@ async def run(p: SseParams, log_dir: Path) -> tuple[list[Row], dict[str, Any]]:
             Row(
                 "sse",
                 f"SSE connect errors, {n} subscribers",
-                "",
+                "errors",
                 gw_many["connect_errors"] + n - gw_many["subscribers"],
                 bare_many["connect_errors"] + n - bare_many["subscribers"],
                 Target("abs_max", 0),
