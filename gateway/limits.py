@@ -102,7 +102,7 @@ class SessionLimits:
                 continue
             if pause["until"] > now or session.contact is None:
                 continue
-            await self._store.update_session(
+            await self._service.update_session(
                 session.id, meta={k: v for k, v in session.meta.items() if k != ECHO_PAUSE}
             )
             await self._service.set_paused(agent_id, False, contact=session.contact.address, by="echo_resume")
@@ -155,7 +155,7 @@ class SessionLimits:
         }
         if final:
             data["final"] = True
-        await self._store.append_events(
+        await self._service.record_events(
             [
                 Event(
                     type=EventType.SESSION_IDLE_WARNING,

@@ -9,7 +9,7 @@ conversations: channels and the agent socket change nothing through the store di
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from gateway import ids
@@ -85,6 +85,47 @@ class Observations:
 
     async def rekey_contact(self, *, channel: str, old: str, new: str) -> bool:
         return await self.store.rekey_contact(channel=channel, old=old, new=new)
+
+    async def delivery_status(
+        self,
+        *,
+        channel: str,
+        provider_message_id: str,
+        status: str,
+        error: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        close_window: bool = False,
+    ) -> list[Event]:
+        """A provider's receipt for a message we sent (the events it caused); with
+        `close_window` the provider said the session's reply window is closed."""
+        events = await self.store.outbox.delivery_status(
+            channel=channel,
+            provider_message_id=provider_message_id,
+            status=status,
+            error=error,
+            idempotency_key=idempotency_key,
+        )
+        if close_window and events and events[0].session_id:
+            await self.store.outbox.close_window(events[0].session_id)
+        return events
+
+    async def record_pricing(
+        self,
+        *,
+        channel: str,
+        provider_message_id: str,
+        idempotency_key: str | None,
+        pricing: Mapping[str, Any] | None,
+        conversation: Mapping[str, Any] | None,
+    ) -> tuple[str, str, str | None] | None:
+        """What a receipt says about the price of one sent message: (agent, category, kind)."""
+        return await self.store.pricing.record(
+            channel=channel,
+            provider_message_id=provider_message_id,
+            idempotency_key=idempotency_key,
+            pricing=pricing,
+            conversation=conversation,
+        )
 
     async def say(
         self,

@@ -387,15 +387,14 @@ class TwilioMessaging:
             error = {"code": code, "status": raw, "message": text}
         addresses = (form.get("From") or "", form.get("To") or "", form.get("ChannelPrefix") or "")
         whatsapp = any(a.startswith("whatsapp") for a in addresses)
-        events = await self.store.outbox.delivery_status(
+        await self.service.delivery_status(
             channel=str(Channel.WHATSAPP if whatsapp else Channel.SMS),
             provider_message_id=sid,
             status=state,
             error=error,
             idempotency_key=request.query_params.get("k"),
+            close_window=state == FINAL and code == OUTSIDE_WINDOW,
         )
-        if state == FINAL and code == OUTSIDE_WINDOW and events and events[0].session_id:
-            await self.store.outbox.close_window(events[0].session_id)
         return _twiml()
 
     # ----------------------------------------------------------- delivery

@@ -523,19 +523,16 @@ class WhatsAppChannel:
             e = status.error
             error = {"code": e.code, "title": e.title, "message": e.message, "details": e.details}
         state = "failed" if status.status == "failed" else status.status
-        events = await self.store.outbox.delivery_status(
+        await self.service.delivery_status(
             channel=str(Channel.WHATSAPP),
             provider_message_id=status.wamid,
             status=state,
             error=error,
             idempotency_key=status.biz_opaque_callback_data,
+            close_window=state == "failed" and error is not None and error.get("code") == 131047,
         )
-        if state == "failed" and error and error.get("code") == 131047 and events:
-            sid = events[0].session_id
-            if sid:
-                await self.store.outbox.close_window(sid)
         if status.pricing or status.conversation:
-            priced = await self.store.pricing.record(
+            priced = await self.service.record_pricing(
                 channel=str(Channel.WHATSAPP),
                 provider_message_id=status.wamid,
                 idempotency_key=status.biz_opaque_callback_data,
