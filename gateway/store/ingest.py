@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,7 +29,7 @@ from gateway.store.records import (
 from gateway.store.rows import (
     _chunks,
     _contact_of,
-    _message,
+    _message_from,
     _paused_for,
     _session,
     _session_row,
@@ -187,9 +187,11 @@ class IngestRepo(StoreCore):
                 active.setdefault((candidate.agent_id, candidate.contact_id, candidate.channel), candidate)
         # 4. Messages (and new sessions), in batch order.
         events: list[Event] = []
-        placed: list[tuple[int, SessionRow, ContactRow | None, MessageRow, bool, int]] = []
+        placed: list[tuple[int, SessionRow, ContactRow | None, dict[str, Any], bool, int]] = []
+        # New sessions and every message go in as Core multi-row INSERTs (no unit of work):
+        # new session rows are never added to the ORM session, only read for their values.
         new_sessions: list[SessionRow] = []
-        new_messages: list[MessageRow] = []
+        new_messages: list[dict[str, Any]] = []
         for i in fresh:
             spec = specs[i]
             at = now + i
@@ -231,24 +233,24 @@ class IngestRepo(StoreCore):
                 assert srow_opt is not None
                 srow = srow_opt
             paused = srow.paused or _paused_for(agents.get(agent_id), crow)
-            mrow = MessageRow(
-                id=ids.message_id(),
-                session_id=srow.id,
-                channel=str(channel),
-                role="user",
-                source="user",
-                type=spec["type"],
-                text=spec["text"],
-                parts=list(spec["parts"]),
-                provider_message_id=spec.get("provider_message_id"),
-                status=None,
-                error=None,
-                in_reply_to=None,
-                pending=spec["turn"] and not paused,
-                author=None,
-                meta=spec.get("message_meta"),
-                created_at=at,
-            )
+            mrow: dict[str, Any] = {
+                "id": ids.message_id(),
+                "session_id": srow.id,
+                "channel": str(channel),
+                "role": "user",
+                "source": "user",
+                "type": spec["type"],
+                "text": spec["text"],
+                "parts": list(spec["parts"]),
+                "provider_message_id": spec.get("provider_message_id"),
+                "status": None,
+                "error": None,
+                "in_reply_to": None,
+                "pending": spec["turn"] and not paused,
+                "author": None,
+                "meta": spec.get("message_meta"),
+                "created_at": at,
+            }
             new_messages.append(mrow)
             srow.last_message_at = at
             version = srow.version or 0
@@ -257,7 +259,7 @@ class IngestRepo(StoreCore):
             if spec.get("endpoint") and srow.endpoint is None:
                 srow.endpoint = spec["endpoint"]
             data: dict[str, Any] = {
-                "messageId": mrow.id,
+                "messageId": mrow["id"],
                 "text": spec["text"],
                 "type": spec["type"],
                 "paused": paused,
@@ -278,10 +280,10 @@ class IngestRepo(StoreCore):
             )
             placed.append((i, srow, crow, mrow, started, version))
         if new_sessions:
-            s.add_all(new_sessions)
-            await s.flush()
-        s.add_all(new_messages)
-        await s.flush()  # a concurrent duplicate (another process) fails the whole transaction
+            await s.execute(insert(SessionRow), [_values(r) for r in new_sessions])
+        # A concurrent duplicate (another process) fails the whole transaction.
+        if new_messages:
+            await s.execute(insert(MessageRow), new_messages)
         stored_events = await self._append(s, events)
         by_session: dict[str, list[Event]] = {}
         for e in stored_events:
@@ -290,10 +292,10 @@ class IngestRepo(StoreCore):
             mine = [
                 e
                 for e in by_session.get(srow.id, [])
-                if e.data.get("messageId") == mrow.id or (started and e.type == EventType.SESSION_STARTED)
+                if e.data.get("messageId") == mrow["id"] or (started and e.type == EventType.SESSION_STARTED)
             ]
             results[i] = Ingested(
-                session=_session(srow, its_contact), message=_message(mrow), events=mine, started=started
+                session=_session(srow, its_contact), message=_message_from(mrow), events=mine, started=started
             )
             self._hot_ingested(s, results[i], version, started)
         # 5. Duplicates answer with the session that holds the original.
@@ -321,3 +323,10 @@ class _IngestGroup:
 
     async def run_many(self, s: AsyncSession, items: Sequence[dict[str, Any]]) -> list[Ingested]:
         return await self._store._ingest_batch(s, now_ms(), items)
+
+
+_SESSION_COLUMNS = [c.key for c in SessionRow.__table__.columns]
+
+
+def _values(row: SessionRow) -> dict[str, Any]:
+    return {key: getattr(row, key) for key in _SESSION_COLUMNS}
