@@ -33,7 +33,7 @@ from gateway.store.messages import MessagesRepo
 from gateway.store.outbox import OutboxQueries
 from gateway.store.pricing import PricingQueries
 from gateway.store.records import Ingested, LimitCandidate, NewMessage, SessionQuery
-from gateway.store.replies import RepliesRepo
+from gateway.store.replies import RepliesRepo, ReplyGroup
 from gateway.store.session_life import SessionLifeRepo
 from gateway.store.sessions import SessionsRepo
 
@@ -53,5 +53,6 @@ class Store(
     def __init__(self, engine: AsyncEngine, on_commit: Callable[[list[Event]], None] | None = None) -> None:
         super().__init__(engine, on_commit)
         self._ingest = _IngestGroup(self)
+        self._replies = ReplyGroup(self)
         self.outbox = OutboxQueries(self)
         self.pricing = PricingQueries(self)

@@ -142,3 +142,41 @@ async def test_outbox_jobs_go_first(store: Store) -> None:
     gate.set()
     await asyncio.gather(first, *tasks)
     assert order == ["outbox", "turn0", "turn1", "turn2"]
+
+
+async def test_concurrent_replies_merge_and_a_missing_session_fails_alone(store: Store) -> None:
+    from gateway.store.sql import NewMessage
+
+    sessions = []
+    for n in range(12):
+        r = await store.ingest_message(
+            agent_id="support", channel=Channel.WHATSAPP, text="hi", contact=contact(n)
+        )
+        assert r.message is not None
+        sessions.append((r.session.id, r.message.id))
+    batches = store.writer.batches
+
+    async def reply(sid: str, answered: str, n: int) -> list[Event]:
+        return await store.record_reply(
+            session_id=sid,
+            answered=[answered],
+            messages=[
+                NewMessage(id=f"msg_reply{n:02d}", role="assistant", text=f"r{n}", in_reply_to=answered)
+            ],
+            events=[Event(type="bot.message", agent="support", session_id=sid, data={"n": n})],
+        )
+
+    outcomes = await asyncio.gather(
+        *(reply(sid, mid, n) for n, (sid, mid) in enumerate(sessions)),
+        reply("sess_missing", "msg_none", 99),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[-1], Exception)
+    assert all(isinstance(o, list) and len(o) == 1 and o[0].seq for o in outcomes[:-1])
+    assert store.writer.batches - batches <= 14  # merged, then rerun one by one for the failure
+    for n, (sid, mid) in enumerate(sessions):
+        state = await store.turn_state(sid)  # the hot state saw the reply
+        assert state is not None
+        _, messages = state
+        assert [m.text for m in messages] == ["hi", f"r{n}"] and not any(m.pending for m in messages)
+        assert [m.text for m in await store.messages(sid)] == ["hi", f"r{n}"]
