@@ -174,9 +174,35 @@ async def test_concurrent_replies_merge_and_a_missing_session_fails_alone(store:
     assert isinstance(outcomes[-1], Exception)
     assert all(isinstance(o, list) and len(o) == 1 and o[0].seq for o in outcomes[:-1])
     assert store.writer.batches - batches <= 14  # merged, then rerun one by one for the failure
-    for n, (sid, mid) in enumerate(sessions):
+    for n, (sid, _) in enumerate(sessions):
         state = await store.turn_state(sid)  # the hot state saw the reply
         assert state is not None
         _, messages = state
         assert [m.text for m in messages] == ["hi", f"r{n}"] and not any(m.pending for m in messages)
         assert [m.text for m in await store.messages(sid)] == ["hi", f"r{n}"]
+
+
+async def test_store_and_forward_turns_wait_while_inbound_messages_stream_in(store: Store) -> None:
+    """`Writer.admit`: acknowledgements first, turns one per commit meanwhile, all once quiet."""
+    gate = asyncio.Event()
+
+    async def hold(s: AsyncSession) -> None:
+        await gate.wait()
+
+    held = asyncio.create_task(store.writer.run(hold))
+    await asyncio.sleep(0.02)
+    inbound = [
+        asyncio.create_task(
+            store.ingest_message(agent_id="support", channel=Channel.WHATSAPP, text="x", contact=contact(n))
+        )
+        for n in range(3)
+    ]
+    await asyncio.sleep(0.02)
+    turns = [asyncio.create_task(store.writer.admit()) for _ in range(5)]
+    await asyncio.sleep(0.02)
+    assert not any(t.done() for t in turns)  # inbound queued: the turns wait
+    gate.set()
+    await asyncio.gather(held, *inbound)
+    async with asyncio.timeout(2):  # the stream stopped: every waiter goes soon after
+        await asyncio.gather(*turns)
+    await store.writer.admit()  # nothing queued, nothing recent: no wait
