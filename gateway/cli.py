@@ -11,7 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from gateway import __version__
+from gateway import __version__, sqlite_owner
 from gateway.errors import ConfigError, DatabaseUnavailable, GatewayError, SchemaOutOfDate
 from gateway.redact import Redactor, secrets_from
 from gateway.settings import CONFIG_FILE, Settings, config_path, load_settings
@@ -76,8 +76,6 @@ async def _check_schema(settings: Settings) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway import logs
-    from gateway.checks import check_settings
-    from gateway.server import server_for
 
     overrides: dict[str, Any] = {"host": args.host, "port": args.port}
     if getattr(args, "database_url", None):
@@ -93,7 +91,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         redactor=redactor,
         access_log=settings.server.access_log,
     )
-    asyncio.run(_check_schema(settings))  # a clear message before uvicorn starts, not a traceback
+    # Clear messages before uvicorn starts, not a traceback: the SQLite file's owner
+    # (sqlite_owner.py; the lifespan takes the same lock again), then the schema.
+    with sqlite_owner.owning(settings.server.database_url):
+        asyncio.run(_check_schema(settings))
+        return _serve(args, settings, redactor)
+
+
+def _serve(args: argparse.Namespace, settings: Settings, redactor: Redactor) -> int:
+    from gateway.checks import check_settings
+    from gateway.server import server_for
+
     server = server_for(settings)
     print(
         f"Switchboard gateway {__version__} on http://{settings.server.host}:{server.config.port} "
@@ -425,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except (SchemaOutOfDate, DatabaseUnavailable) as exc:
+    except (SchemaOutOfDate, DatabaseUnavailable, sqlite_owner.AlreadyServed) as exc:
         print(f"gateway: {Redactor()(exc.message)}", file=sys.stderr)
         return 2
     except ConfigError as exc:

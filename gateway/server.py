@@ -34,6 +34,7 @@ from channels.twilio.outbound import TwilioOutbound
 from channels.twilio.voice import TwilioVoice
 from channels.whatsapp.channel import PROVIDER as WHATSAPP
 from channels.whatsapp.channel import WhatsAppChannel
+from gateway import sqlite_owner
 from gateway.access import Access
 from gateway.agents.factory import AgentFactory
 from gateway.agents.remote import ProcessHub
@@ -170,6 +171,13 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        # A second process serving the same SQLite file is refused (gateway/sqlite_owner.py).
+        with sqlite_owner.owning(settings.server.database_url):
+            async with serving() as state:
+                yield state
+
+    @contextlib.asynccontextmanager
+    async def serving() -> AsyncIterator[dict[str, Any]]:
         server = settings.server
         await ensure_schema(rt.store.engine, server.database_url, migrate=server.auto_migrate)
         await rt.store.sync_agents(rt.directory.as_json())

@@ -12,7 +12,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -384,10 +392,16 @@ class ServerConfig(_Model):
 
     @field_validator("bus_url")
     @classmethod
-    def _known_bus(cls, value: str) -> str:
+    def _known_bus(cls, value: str, info: ValidationInfo) -> str:
         scheme = value.split(":", 1)[0]
         if scheme not in ("memory", "redis", "rediss"):
             raise ValueError("memory:// (one process) or redis://host:port/db (several instances)")
+        database = info.data.get("database_url", "")
+        if scheme != "memory" and isinstance(database, str) and database.startswith("sqlite"):
+            raise ValueError(
+                "a redis:// bus is for several gateway processes, and SQLite serves one: "
+                "set database_url to PostgreSQL, or bus_url to memory://"
+            )
         return value
 
 
