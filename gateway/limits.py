@@ -5,8 +5,9 @@ The deadlines are data: they follow from the stored `started_at`, `last_inbound_
 (the user's last message: only the user resets the idle clock, so an agent that
 answers a warning does not keep a session alive) and the `session.idleWarning`
 events already stored for the current idle period. A restart therefore loses no
-timer and repeats no warning; one sweeper per process acts on what is due, every
-`server.limits_sweep_seconds`.
+timer and repeats no warning; one sweeper acts on what is due, every
+`server.limits_sweep_seconds`: in the leading process when there are several
+(gateway/leadership.py).
 
 For every session but phone calls (those have their own watchdog on the relay socket):
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from gateway.conversations import ConversationService
@@ -53,12 +55,18 @@ def _ms(seconds: float) -> int:
 
 class SessionLimits:
     def __init__(
-        self, store: Store, service: ConversationService, directory: AgentDirectory, sweep_seconds: float
+        self,
+        store: Store,
+        service: ConversationService,
+        directory: AgentDirectory,
+        sweep_seconds: float,
+        leads: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
         self._service = service
         self._directory = directory
         self._sweep = sweep_seconds
+        self._leads = leads  # several instances: only the leader sweeps (gateway/leadership.py)
 
     async def sweep(self) -> int:
         """Warn and end what is due now; returns how many sessions ended."""
@@ -183,8 +191,9 @@ class SessionLimits:
 
     async def run(self) -> None:
         while True:
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("session-limits sweep failed; will retry")
+            if self._leads():
+                try:
+                    await self.sweep()
+                except Exception:
+                    log.exception("session-limits sweep failed; will retry")
             await asyncio.sleep(self._sweep)

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from gateway.delivery import Delivery, SendFailed
 from gateway.events import now_ms
@@ -34,8 +34,15 @@ log = logging.getLogger("gateway.outbox")
 
 
 class Outbox:
-    def __init__(self, store: Store, deliveries: Mapping[str, Delivery], config: ServerConfig) -> None:
+    def __init__(
+        self,
+        store: Store,
+        deliveries: Mapping[str, Delivery],
+        config: ServerConfig,
+        leads: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._store = store
+        self._leads = leads  # several instances: only the leader expires uncertain parts
         self._deliveries = deliveries
         self._config = config
         self._wake = asyncio.Event()
@@ -59,7 +66,7 @@ class Outbox:
             next_expiry = 0.0
             while not self._closing:
                 self._wake.clear()
-                if loop.time() >= next_expiry:  # rare work: not on every wake-up
+                if loop.time() >= next_expiry and self._leads():  # rare work: not on every wake-up
                     await self._store.outbox.expire_uncertain(self._config.outbox_max_attempts)
                     next_expiry = loop.time() + max(1.0, self._config.outbox_poll_seconds)
                 # Claim no more than the free slots: a claimed part is sent at once, never

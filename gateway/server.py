@@ -55,6 +55,7 @@ from gateway.conversations import ConversationService
 from gateway.delivery import Delivery
 from gateway.directory import AgentDirectory
 from gateway.errors import GatewayError
+from gateway.leadership import Leadership
 from gateway.limits import SessionLimits
 from gateway.metrics import Metrics
 from gateway.outbox import Outbox
@@ -62,6 +63,7 @@ from gateway.ratelimit import RateLimiter
 from gateway.settings import AgentConfig, Settings
 from gateway.store.db import create_engine, ensure_schema
 from gateway.store.sql import Store
+from gateway.tasks import supervised
 
 log = logging.getLogger("gateway.server")
 
@@ -85,6 +87,8 @@ class Services:
     deliveries: dict[str, Delivery]
     outbox: Outbox
     limits: SessionLimits
+    # Which process runs the timers and sweepers (several instances on PostgreSQL).
+    leadership: Leadership
     # Browser tokens minted through an allowed Origin, per origin (docs/security.md).
     origin_mints: RateLimiter
     # The live phone calls (the Twilio voice channel), once the app is composed.
@@ -117,7 +121,9 @@ def build_services(settings: Settings, env: Mapping[str, str] | None = None) -> 
         metrics=metrics,
         deliveries=deliveries,
     )
-    outbox = Outbox(store, deliveries, settings.server)
+    # One process at a time runs the timers and sweepers (several instances on PostgreSQL).
+    leadership = Leadership(store.engine, interval=settings.server.leader_check_seconds)
+    outbox = Outbox(store, deliveries, settings.server, leads=leadership.leads)
     service.on_outbox = outbox.wake
     factory.builtins.request_human = service.request_human
     auth = Auth(settings, store, env)
@@ -134,7 +140,10 @@ def build_services(settings: Settings, env: Mapping[str, str] | None = None) -> 
         agents=factory,
         deliveries=deliveries,
         outbox=outbox,
-        limits=SessionLimits(store, service, directory, settings.server.limits_sweep_seconds),
+        limits=SessionLimits(
+            store, service, directory, settings.server.limits_sweep_seconds, leads=leadership.leads
+        ),
+        leadership=leadership,
     )
 
 
@@ -185,8 +194,12 @@ def create_app(
         await rt.bus.connect()
         await rt.service.resume_pending()
         workers = [
-            asyncio.create_task(rt.outbox.run(), name="outbox"),
+            # A worker that a database outage kills starts again (gateway/tasks.py).
+            asyncio.create_task(supervised("outbox", rt.outbox.run, stopping=rt.stopping), name="outbox"),
             asyncio.create_task(rt.limits.run(), name="session-limits"),
+            asyncio.create_task(
+                supervised("leadership", rt.leadership.run, stopping=rt.stopping), name="leadership"
+            ),
         ]
         log.info("gateway ready", extra={"agent": ",".join(rt.directory.ids())})
         try:

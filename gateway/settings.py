@@ -357,6 +357,9 @@ class ServerConfig(_Model):
     outbox_max_attempts: int = Field(default=8, gt=0)
     outbox_uncertain_grace_seconds: float = Field(default=120.0, ge=0)
     limits_sweep_seconds: float = Field(default=10.0, gt=0)
+    # Several instances on PostgreSQL: how often a follower tries to become the process
+    # that runs the timers and sweepers, and the leader checks that it still is.
+    leader_check_seconds: float = Field(default=2.0, gt=0)
     # --- security floor (docs/security.md)
     # What an agent process with a non-admin key may register: "echo" and "process" always
     # stay inside the gateway; "llm", "webhook", "tool_url" and "transcriber" make it call URLs.

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
+
+log = logging.getLogger("gateway.tasks")
 
 
 async def first_completed(*coros: Coroutine[Any, Any, Any]) -> None:
@@ -25,3 +28,31 @@ async def first_completed(*coros: Coroutine[Any, Any, Any]) -> None:
     for t in done:
         if not t.cancelled() and (exc := t.exception()) is not None:
             raise exc
+
+
+async def supervised(
+    name: str,
+    work: Callable[[], Coroutine[Any, Any, None]],
+    *,
+    stopping: asyncio.Event,
+    backoff: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0),
+) -> None:
+    """Run a background worker for the life of the process: if it dies of an exception
+    (the database went away under it), log it and start it again after a pause.
+
+    A worker that returns, or any worker once the server is stopping, is not restarted.
+    """
+    failures = 0
+    while True:
+        try:
+            await work()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if stopping.is_set():
+                return
+            pause = backoff[min(failures, len(backoff) - 1)]
+            failures += 1
+            log.warning("%s stopped (%s: %s); restarting in %.1f s", name, type(exc).__name__, exc, pause)
+            await asyncio.sleep(pause)

@@ -6,6 +6,8 @@ import json
 import logging
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -100,7 +102,31 @@ async def on_http_error(_request: Request, exc: Exception) -> Response:
     return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
 
 
+DATABASE_RETRY_AFTER = "5"
+
+
+def database_down(exc: BaseException) -> bool:
+    """The database could not be reached or dropped the connection: not a bug, a 503.
+
+    Nothing was committed (a failed transaction rolls back), so the caller must try
+    again: Meta and Twilio redeliver a webhook that got no 2xx, and the dedupe key
+    makes the redelivery count once.
+    """
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout | OSError | TimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def unavailable() -> JSONResponse:
+    response = error(503, "database_unavailable", "the database is unreachable; nothing was stored: retry")
+    response.headers["retry-after"] = DATABASE_RETRY_AFTER
+    return response
+
+
 async def on_crash(request: Request, exc: Exception) -> Response:
+    if database_down(exc):
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return unavailable()
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error(500, "internal", "internal error (a bug: it has been logged)")
 
@@ -132,6 +158,17 @@ class CrashGuard:
         try:
             await self.app(scope, receive, tap)
         except Exception as exc:
+            if database_down(exc):
+                log.warning(
+                    "database unavailable on %s %s: %s",
+                    scope.get("method"),
+                    scope.get("path"),
+                    type(exc).__name__,
+                )
+                if started:
+                    raise
+                await unavailable()(scope, receive, send)
+                return
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
             if started:
                 raise

@@ -175,7 +175,9 @@ class SessionLifeRepo(StoreCore):
         now = now_ms()
 
         async def job(s: AsyncSession) -> tuple[SessionRecord | None, list[Event]]:
-            row = await s.get(SessionRow, session_id)
+            # FOR UPDATE: two processes ending one session (a sweep, an API call) queue
+            # here, and the second sees it ended: one `session.ended`, never two.
+            row = await s.get(SessionRow, session_id, with_for_update=True)
             if row is None:
                 return None, []
             if row.status != SessionStatus.ACTIVE:
