@@ -89,7 +89,11 @@ class OpsRoutes:
         if self.stopping.is_set():
             checks["server"] = "shutting down"
         status = "unavailable" if not ok else "ok" if checks["bus"] == "ok" else "degraded"
-        return JSONResponse({"status": status, "checks": checks}, status_code=200 if ok else 503)
+        # Whether this instance runs the timers and sweepers (gateway/leadership.py).
+        leader = self.rt.leadership.held
+        return JSONResponse(
+            {"status": status, "checks": checks, "leader": leader}, status_code=200 if ok else 503
+        )
 
     async def metrics(self, _request: Request) -> Response:
         return Response(self._metrics.render(), media_type="text/plain; version=0.0.4")
