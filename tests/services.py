@@ -69,3 +69,9 @@ def redis_bus_url(name: str) -> str:
     need_redis()
     sep = "&" if "?" in REDIS_URL else "?"
     return f"{REDIS_URL}{sep}channel=switchboard-test:{name}:{os.getpid()}"
+
+
+def need_nginx() -> str:
+    path = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else "")
+    need("nginx", bool(path), "install Debian's `nginx-light` package (./run test does, as root)")
+    return path

@@ -56,12 +56,24 @@ def write_config(path: Path, server: dict[str, Any], agents: dict[str, dict[str,
     return path
 
 
-class Node:
+class Endpoint:
+    """Where clients talk to: one gateway, or a proxy in front of several."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.ws_url = url.replace("http://", "ws://", 1)
+
+    def client(self, **kw: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.url, headers={"authorization": f"Bearer {ADMIN}"}, timeout=10, **kw
+        )
+
+
+class Node(Endpoint):
     def __init__(self, config: Path, env: dict[str, str]) -> None:
         self.config = config
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}"
+        super().__init__(f"http://127.0.0.1:{self.port}")
         self.log = config.parent / f"gateway-{self.port}.log"
         self._env = env
         self.p: subprocess.Popen[bytes] | None = None
@@ -92,11 +104,6 @@ class Node:
                 except httpx.TransportError:
                     pass
                 await asyncio.sleep(0.05)
-
-    def client(self, **kw: Any) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=self.url, headers={"authorization": f"Bearer {ADMIN}"}, timeout=10, **kw
-        )
 
     @property
     def alive(self) -> bool:

@@ -15,17 +15,17 @@ from typing import Any
 import websockets
 
 from tests.conftest import SseReader
-from tests.multi.cluster import Cluster, Node
+from tests.multi.cluster import Cluster, Endpoint, Node
 
 
-async def mint(node: Node) -> str:
+async def mint(node: Endpoint) -> str:
     async with node.client() as c:
         r = await c.post("/v1/tokens", json={"agent": "demo", "channel": "chat"})
         assert r.status_code == 201, r.text
         return str(r.json()["token"])
 
 
-async def chat(node: Node, texts: list[str]) -> str:
+async def chat(node: Endpoint, texts: list[str]) -> str:
     async with websockets.connect(f"{node.ws_url}/chat/ws?token={await mint(node)}") as ws:
         sid = json.loads(await ws.recv())["sessionId"]
         for text in texts:
