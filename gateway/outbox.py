@@ -42,7 +42,9 @@ class Outbox:
         leads: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
-        self._leads = leads  # several instances: only the leader expires uncertain parts
+        # Several instances: only the leader claims and expires parts. Claims are not
+        # exclusive across processes yet (a second poller could send a part twice).
+        self._leads = leads
         self._deliveries = deliveries
         self._config = config
         self._wake = asyncio.Event()
@@ -72,7 +74,7 @@ class Outbox:
                 # Claim no more than the free slots: a claimed part is sent at once, never
                 # left `sending` in a queue where a crash would make it look mid-call.
                 free = self._config.outbox_concurrency - len(self._inflight)
-                if free > 0:
+                if free > 0 and self._leads():
                     for item in await self._claim(free):
                         task = asyncio.create_task(self._deliver(item), name=f"outbox:{item.id}")
                         self._inflight.add(task)

@@ -156,6 +156,9 @@ def test_bus_url_schemes() -> None:
     from gateway.errors import ConfigError
     from gateway.settings import Settings
 
-    assert Settings.from_dict({"server": {"bus_url": "redis://h:1/2"}}).server.bus_url == "redis://h:1/2"
+    pg = {"database_url": "postgresql://u@h/db"}
+    assert (
+        Settings.from_dict({"server": {"bus_url": "redis://h:1/2", **pg}}).server.bus_url == "redis://h:1/2"
+    )
     with pytest.raises(ConfigError, match="redis://host:port/db"):
         Settings.from_dict({"server": {"bus_url": "kafka://x"}})
