@@ -95,7 +95,7 @@ async def test_ending_one_session_from_two_processes_at_once_emits_one_ended(pg:
 
 
 async def test_two_instances_warn_and_end_an_idle_session_once(pg: str) -> None:
-    limits = {"idle_timeout_seconds": 1.0, "idle_warning_seconds": 0.6, "idle_grace_seconds": 0.3}
+    limits = {"idle_timeout_seconds": 2.0, "idle_warning_seconds": 1.2, "idle_grace_seconds": 0.5}
     agents = {"demo": {"answer": "echo", "echo_delay_ms": 0, "limits": limits}}
     bus = redis_bus_url(uuid.uuid4().hex)
     server = {"limits_sweep_seconds": 0.05, "leader_check_seconds": 0.2, "bus_url": bus}
@@ -126,7 +126,13 @@ async def test_two_instances_warn_and_end_an_idle_session_once(pg: str) -> None:
             await asyncio.sleep(0.5)  # time for a second sweeper to act, if there were one
             for sid in sids:
                 kinds = [e.type for e in await store.events_after(0, session_id=sid)]
-                assert kinds.count("session.idleWarning") == 2, kinds
+                warnings = [
+                    e for e in await store.events_after(0, session_id=sid) if e.type == "session.idleWarning"
+                ]
+                # One final warning, at most one before it (a sweep late under load may skip it):
+                # a second sweeper would have doubled them.
+                assert sum(1 for w in warnings if w.data.get("final")) == 1, kinds
+                assert sum(1 for w in warnings if not w.data.get("final")) <= 1, kinds
                 assert kinds.count("session.ended") == 1 and kinds.count("session.timeout") == 1, kinds
 
 
