@@ -317,6 +317,7 @@ def create_app(
             settings=settings,
             stopping=rt.stopping,
             store=rt.store,
+            leads=rt.leadership.leads,
         ),
     ):
         routes.extend(part.routes())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,10 @@ class OpsRoutes:
         settings: Settings,
         stopping: asyncio.Event,
         store: Store,
+        leads: Callable[[], bool] = lambda: True,
     ) -> None:
         self.bus = bus
+        self._leads = leads  # whether this instance runs the timers (gateway/leadership.py)
         self.directory = directory
         self._metrics = metrics
         self.settings = settings
@@ -90,7 +93,7 @@ class OpsRoutes:
             checks["server"] = "shutting down"
         status = "unavailable" if not ok else "ok" if checks["bus"] == "ok" else "degraded"
         # Whether this instance runs the timers and sweepers (gateway/leadership.py).
-        leader = self.rt.leadership.held
+        leader = self._leads()
         return JSONResponse(
             {"status": status, "checks": checks, "leader": leader}, status_code=200 if ok else 503
         )
