@@ -17,15 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway import ids
 from gateway.events import ContactRef, Event, now_ms
 from gateway.store.core import StoreCore
-from gateway.store.models import (
-    AgentRow,
-    ContactRow,
-    MessageRow,
-    SessionRow,
-)
-from gateway.store.records import (
-    Ingested,
-)
+from gateway.store.dedupe import _duplicates
+from gateway.store.models import AgentRow, ContactRow, MessageRow, SessionRow
+from gateway.store.records import Ingested
 from gateway.store.rows import (
     _chunks,
     _contact_of,
@@ -33,6 +27,7 @@ from gateway.store.rows import (
     _paused_for,
     _session,
     _session_row,
+    _values,
 )
 from gateway.types import EventType, SessionStatus
 
@@ -73,31 +68,7 @@ class IngestRepo(StoreCore):
         specs = [{"type": "text", "parts": (), "turn": True, **spec} for spec in specs]
         results: list[Ingested | None] = [None] * len(specs)
         # 1. Duplicates: against the table, then within the batch.
-        stored: dict[tuple[str, str], str] = {}
-        by_channel: dict[str, set[str]] = {}
-        for spec in specs:
-            if spec.get("provider_message_id") is not None:
-                by_channel.setdefault(str(spec["channel"]), set()).add(spec["provider_message_id"])
-        for channel, pids in by_channel.items():
-            for chunk in _chunks(sorted(pids)):
-                found_ids = await s.execute(
-                    select(MessageRow.provider_message_id, MessageRow.session_id).where(
-                        MessageRow.channel == channel, MessageRow.provider_message_id.in_(chunk)
-                    )
-                )
-                stored.update({(channel, str(pid)): sid for pid, sid in found_ids})
-        fresh: list[int] = []  # indexes of the specs to store
-        batch_keys: dict[tuple[str, str], int] = {}
-        dup_of: dict[int, tuple[str, str]] = {}
-        for i, spec in enumerate(specs):
-            pid = spec.get("provider_message_id")
-            key = (str(spec["channel"]), str(pid))
-            if pid is not None and (key in stored or key in batch_keys):
-                dup_of[i] = key
-                continue
-            if pid is not None:
-                batch_keys[key] = i
-            fresh.append(i)
+        stored, fresh, batch_keys, dup_of = await _duplicates(s, specs)
         # 2. Contacts, filed under each agent's tenant: read the known ones in one query per
         # (tenant, channel), add the new ones.
         agents = {
@@ -323,10 +294,3 @@ class _IngestGroup:
 
     async def run_many(self, s: AsyncSession, items: Sequence[dict[str, Any]]) -> list[Ingested]:
         return await self._store._ingest_batch(s, now_ms(), items)
-
-
-_SESSION_COLUMNS = [c.key for c in SessionRow.__table__.columns]
-
-
-def _values(row: SessionRow) -> dict[str, Any]:
-    return {key: getattr(row, key) for key in _SESSION_COLUMNS}

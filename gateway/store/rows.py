@@ -190,3 +190,10 @@ def _message(r: MessageRow) -> MessageRecord:
         meta=r.meta,
         created_at=r.created_at,
     )
+
+
+_SESSION_COLUMNS = [c.key for c in SessionRow.__table__.columns]
+
+
+def _values(row: SessionRow) -> dict[str, Any]:
+    return {key: getattr(row, key) for key in _SESSION_COLUMNS}

@@ -9,7 +9,7 @@ queued up) or one read. Nothing outside `gateway/store/` touches a database sess
 |---|---|
 | `core` | the writer, reads, `seq`-ordered event append, hot state, shared helpers |
 | `ingest` | inbound messages (dedupe, contact, session, events), set-wise |
-| `replies` | a turn's reply with its outbox parts; settled turns; echoes; replaced history |
+| `replies`, `echoes` | a turn's reply with its outbox parts; settled turns; replaced history; echoes |
 | `sessions` | reading sessions (and a turn's hot state) |
 | `session_life` | start, update, pause/resume, end, erase; a contact's new number |
 | `messages` | reading messages; reactions, edits, revokes |
@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.events import Event
 from gateway.store.agents import AgentsRepo
 from gateway.store.credentials import CredentialsRepo
+from gateway.store.echoes import EchoesRepo
 from gateway.store.events import EventsRepo
 from gateway.store.ingest import IngestRepo, _IngestGroup
 from gateway.store.messages import MessagesRepo
@@ -43,6 +44,7 @@ __all__ = ["Ingested", "LimitCandidate", "NewMessage", "SessionQuery", "Store"]
 class Store(
     IngestRepo,
     RepliesRepo,
+    EchoesRepo,
     SessionsRepo,
     SessionLifeRepo,
     MessagesRepo,
