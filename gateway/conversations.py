@@ -36,6 +36,7 @@ from gateway.store.records import SessionRecord
 from gateway.store.sql import Ingested, Store
 from gateway.streaming import TokenStream
 from gateway.takeover import Takeover
+from gateway.turn_lease import TurnLeases
 from gateway.turns import TurnRunner
 from gateway.types import Channel
 
@@ -72,6 +73,7 @@ class ConversationService(Takeover, Replies, Observations):
         agents: AgentFactory,
         metrics: Metrics,
         deliveries: Mapping[str, Delivery] | None = None,
+        leases: TurnLeases | None = None,
     ) -> None:
         self.settings = settings
         # Store-and-forward channels by provider (filled by the composition root).
@@ -89,6 +91,7 @@ class ConversationService(Takeover, Replies, Observations):
             give_up=self._give_up,
             max_concurrent=settings.server.max_concurrent_turns,
             gate=self._tenant_slot if self.tenant_gate.limit else None,
+            leases=leases,
         )
         self.earlier = EarlierConversations(store)
         self._flush_s = settings.server.token_flush_ms / 1000
@@ -196,6 +199,23 @@ class ConversationService(Takeover, Replies, Observations):
         if sessions:
             log.info("resuming %d pending turns", len(sessions))
         return len(sessions)
+
+    async def adopt_orphans(self) -> int:
+        """Several instances: run the pending turns no live process holds (their owner died)."""
+        sessions = await self.turns.leases.orphans([str(Channel.PHONE)])
+        for session_id in sessions:
+            self.turns.submit(session_id)
+        if sessions:
+            log.warning("adopting %d pending turns no live instance holds", len(sessions))
+        return len(sessions)
+
+    async def adopt_forever(self, every_seconds: float) -> None:
+        while True:
+            await asyncio.sleep(every_seconds)
+            try:
+                await self.adopt_orphans()
+            except Exception as exc:  # the database is away: the next round tries again
+                log.warning("could not look for orphaned turns: %r", exc)
 
 
 def _spec(message: InboundMessage) -> dict[str, Any]:

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
+import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +66,7 @@ from gateway.settings import AgentConfig, Settings
 from gateway.store.db import create_engine, ensure_schema
 from gateway.store.sql import Store
 from gateway.tasks import supervised
+from gateway.turn_lease import SharedLeases, TurnLeases, stale_dropper
 
 log = logging.getLogger("gateway.server")
 
@@ -113,6 +116,7 @@ def build_services(settings: Settings, env: Mapping[str, str] | None = None) -> 
     factory = AgentFactory(ProcessHub(), env)
     deliveries: dict[str, Delivery] = {}
     service = ConversationService(
+        leases=turn_leases(settings, store),
         settings=settings,
         store=store,
         bus=bus,
@@ -144,6 +148,20 @@ def build_services(settings: Settings, env: Mapping[str, str] | None = None) -> 
             store, service, directory, settings.server.limits_sweep_seconds, leads=leadership.leads
         ),
         leadership=leadership,
+    )
+
+
+def turn_leases(settings: Settings, store: Store) -> TurnLeases | None:
+    """Several instances (PostgreSQL and a shared bus): who runs a session's turns is a
+    lease row (gateway/turn_lease.py). One process: its own runner is enough."""
+    if store.engine.dialect.name != "postgresql" or settings.server.bus_url.startswith("memory"):
+        return None
+    owner = f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(4)}"
+    return SharedLeases(
+        store.engine,
+        owner,
+        ttl_seconds=settings.server.turn_lease_seconds,
+        stale=stale_dropper(store.hot.version_of, store.hot.drop),
     )
 
 
@@ -201,6 +219,11 @@ def create_app(
                 supervised("leadership", rt.leadership.run, stopping=rt.stopping), name="leadership"
             ),
         ]
+        if isinstance(rt.service.turns.leases, SharedLeases):
+            # Renew what this instance runs; adopt what a dead one left (gateway/turn_lease.py).
+            workers.append(asyncio.create_task(rt.service.turns.leases.run(), name="turn-leases"))
+            every = server.turn_lease_seconds / 2
+            workers.append(asyncio.create_task(rt.service.adopt_forever(every), name="turn-adoption"))
         log.info("gateway ready", extra={"agent": ",".join(rt.directory.ids())})
         try:
             yield {"runtime": rt}

@@ -360,6 +360,10 @@ class ServerConfig(_Model):
     # Several instances on PostgreSQL: how often a follower tries to become the process
     # that runs the timers and sweepers, and the leader checks that it still is.
     leader_check_seconds: float = Field(default=2.0, gt=0)
+    # Several instances (PostgreSQL + a redis:// bus): a session's turns are run by the
+    # process holding its lease, renewed every third of this; when a process dies, another
+    # runs its pending turns within about 1.5 times this (docs/operations.md).
+    turn_lease_seconds: float = Field(default=10.0, ge=1.0, le=20.0)
     # --- security floor (docs/security.md)
     # What an agent process with a non-admin key may register: "echo" and "process" always
     # stay inside the gateway; "llm", "webhook", "tool_url" and "transcriber" make it call URLs.

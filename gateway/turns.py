@@ -16,6 +16,11 @@ messages with an error so the session is not stuck.
 At most `max_concurrent` turns run at once; the others wait their turn. A burst of
 thousands of new contacts would otherwise start thousands of turns that fight over
 the event loop and the connection pool until some time out.
+
+Several instances: a worker first claims the session's turn lease (gateway/turn_lease.py)
+so that one process runs the session's turns at a time; a claim another process holds
+marks the session for that owner's next turn instead. The worker lets the lease go when
+it has nothing left to run, and runs once more if another process marked it meanwhile.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from gateway.turn_lease import LocalLeases, TurnLeases
 
 log = logging.getLogger("gateway.turns")
 
@@ -62,8 +69,10 @@ class TurnRunner:
         max_concurrent: int = 512,
         retry_base_seconds: float = RETRY_BASE_SECONDS,
         gate: Gate | None = None,
+        leases: TurnLeases | None = None,
     ) -> None:
         self._run_turn = run_turn
+        self.leases: TurnLeases = leases if leases is not None else LocalLeases()
         self._gate = gate  # e.g. a tenant's cap, waited for before a gateway-wide slot
         self._give_up = give_up
         self._slots = asyncio.Semaphore(max_concurrent)
@@ -88,27 +97,59 @@ class TurnRunner:
 
     async def _worker(self, session_id: str) -> None:
         try:
-            while session_id in self._dirty and not self._closing:
-                self._dirty.discard(session_id)
-                async with self._gate(session_id) if self._gate else contextlib.nullcontext(), self._slots:
-                    if self._closing:
-                        return
-                    turn = asyncio.create_task(self._run_turn(session_id), name=f"turn:{session_id}")
-                    self._current[session_id] = turn
-                    try:
-                        await turn
-                    except asyncio.CancelledError:
-                        task = asyncio.current_task()
-                        if task is not None and task.cancelling():
-                            raise  # the worker itself is being cancelled, not just this turn
-                    except Exception as exc:
-                        await self._failed(session_id, exc)
-                    else:
-                        self._failures.pop(session_id, None)
-                    finally:
-                        self._current.pop(session_id, None)
+            while await self._claim(session_id):
+                await self._turns(session_id)
+                if self._closing:
+                    return  # shutdown lets every lease go at once
+                try:
+                    again = await self.leases.release(session_id)
+                except Exception as exc:  # the lease expires by itself; others adopt the rest
+                    log.warning("could not release a turn lease: %r", exc, extra={"session_id": session_id})
+                    return
+                if again:
+                    self._dirty.add(session_id)  # another process committed a message meanwhile
+                elif session_id not in self._dirty:
+                    return
+                # else: a local submit came while we let go; claim again (no row: ours).
         finally:
             self._workers.pop(session_id, None)
+
+    async def _claim(self, session_id: str) -> bool:
+        """Ours to run: claim the lease (held already when `release` said run again)."""
+        if self._closing or session_id not in self._dirty:
+            return False
+        if isinstance(self.leases, LocalLeases):
+            return True
+        try:
+            if await self.leases.claim(session_id):
+                return True
+        except Exception as exc:  # the database is away: try again later, like a failed turn
+            self._dirty.discard(session_id)
+            await self._failed(session_id, exc)
+            return False
+        self._dirty.discard(session_id)  # marked for the owner's next turn
+        return False
+
+    async def _turns(self, session_id: str) -> None:
+        while session_id in self._dirty and not self._closing:
+            self._dirty.discard(session_id)
+            async with self._gate(session_id) if self._gate else contextlib.nullcontext(), self._slots:
+                if self._closing:
+                    return
+                turn = asyncio.create_task(self._run_turn(session_id), name=f"turn:{session_id}")
+                self._current[session_id] = turn
+                try:
+                    await turn
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # the worker itself is being cancelled, not just this turn
+                except Exception as exc:
+                    await self._failed(session_id, exc)
+                else:
+                    self._failures.pop(session_id, None)
+                finally:
+                    self._current.pop(session_id, None)
 
     async def _failed(self, session_id: str, exc: Exception) -> None:
         attempt = self._failures.get(session_id, 0) + 1
@@ -181,6 +222,8 @@ class TurnRunner:
         self._retries.clear()
         workers = list(self._workers.values())
         if not workers:
+            with contextlib.suppress(Exception):
+                await self.leases.release_all()
             return
         _done, pending = await asyncio.wait(workers, timeout=grace_seconds)
         for task in pending:
@@ -189,3 +232,7 @@ class TurnRunner:
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=5)
+        try:
+            await self.leases.release_all()
+        except Exception as exc:  # they expire by themselves
+            log.warning("could not let the turn leases go: %r", exc)

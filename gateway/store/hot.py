@@ -64,6 +64,11 @@ class HotSessions:
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)
 
+    def version_of(self, session_id: str) -> int | None:
+        """The version an entry reflects (None: no entry); not counted as a hit or a miss."""
+        entry = self._entries.get(session_id)
+        return None if entry is None else entry.version
+
     def drop(self, session_ids: Iterable[str]) -> None:
         for sid in session_ids:
             self._entries.pop(sid, None)

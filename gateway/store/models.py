@@ -214,3 +214,18 @@ class OutboxRow(Base):
     pricing: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[int]
     updated_at: Mapped[int]
+
+
+class TurnLeaseRow(Base):
+    """Which gateway process runs a session's turns now (several instances, PostgreSQL).
+
+    Held by `owner` until `expires_at` (epoch ms on the database's clock), renewed while
+    it runs; `dirty` says another process committed a message for the session meanwhile,
+    so the owner runs one more turn before it lets go (gateway/turn_lease.py)."""
+
+    __tablename__ = "turn_leases"
+
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    dirty: Mapped[bool] = mapped_column(Boolean, default=False)

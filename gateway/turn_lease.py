@@ -1,0 +1,230 @@
+"""Which gateway process runs a session's turns: a lease row per session (several instances).
+
+With several processes on one PostgreSQL database, messages for one session may arrive
+at different instances at the same moment. Each instance's turn runner (gateway/turns.py)
+is serial per session only within itself, so before it runs a session's turns it claims
+the session's row in `turn_leases` with one statement:
+
+- no row, or an expired one: the row is ours until `expires_at` (now + `ttl`); we run.
+- a live row of another process: the statement sets its `dirty` flag instead, and we
+  run nothing. Our message is committed, so the owner's next turn picks it up.
+
+The owner runs its turns, then lets go with `DELETE … WHERE NOT dirty`. If another
+process marked the row meanwhile, nothing is deleted: the owner clears the flag, drops
+its hot state for the session (another process wrote, gateway/store/hot.py) and runs one
+more turn, which reads the message from the database. Both statements lock the row, so
+a message is either seen by the owner's `dirty` check or its sender finds no row and
+claims it itself: it can never fall between the two. This is the cross-process version
+of the runner's own "dirty" set, and messages arriving together are answered together.
+
+Why a lease row, not a session-level advisory lock or routing: an advisory lock is tied
+to a connection, so holding one per running turn (hundreds at once in a burst) would pin
+hundreds of pooled connections; routing by session needs the load balancer to know the
+session, which a WhatsApp or Twilio webhook does not say in its URL. A row costs two
+statements per burst of turns and no connection while held.
+
+The owner renews the leases it holds every `ttl / 3`. A process that dies (SIGKILL, a
+lost host) stops renewing; `orphans()` then finds, on any instance, sessions whose user
+messages are still pending with no live lease, and the instance that claims them runs
+their turns (gateway/conversations.py `adopt_orphans`). The claim also returns the
+session's `version`, and a hot entry of another version is dropped first, so a turn never
+answers from state another process has already moved on from.
+
+On SQLite there is one process (gateway/sqlite_owner.py): `LocalLeases` grants every claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.events import now_ms
+
+log = logging.getLogger("gateway.turn_lease")
+
+# The database's clock in epoch milliseconds: every instance compares against the same one.
+_NOW = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
+
+_CLAIM = text(
+    f"""
+    INSERT INTO turn_leases AS l (session_id, owner, expires_at, dirty)
+    VALUES (:sid, :me, {_NOW} + :ttl, false)
+    ON CONFLICT (session_id) DO UPDATE SET
+        owner = CASE WHEN l.expires_at < {_NOW} THEN excluded.owner ELSE l.owner END,
+        dirty = (l.expires_at >= {_NOW} AND l.owner <> excluded.owner),
+        expires_at = CASE WHEN l.expires_at < {_NOW} THEN excluded.expires_at ELSE l.expires_at END
+    RETURNING l.owner, (SELECT version FROM sessions WHERE id = :sid)
+    """
+)
+_LET_GO = text("DELETE FROM turn_leases WHERE session_id = :sid AND owner = :me AND NOT dirty RETURNING 1")
+_AGAIN = text(
+    f"""
+    UPDATE turn_leases SET dirty = false, expires_at = {_NOW} + :ttl
+    WHERE session_id = :sid AND owner = :me
+    RETURNING (SELECT version FROM sessions WHERE id = :sid)
+    """
+)
+_RENEW = text(
+    f"UPDATE turn_leases SET expires_at = {_NOW} + :ttl WHERE owner = :me AND session_id = ANY(:sids)"
+)
+_DROP_ALL = text("DELETE FROM turn_leases WHERE owner = :me")
+_ORPHANS = text(
+    f"""
+    SELECT DISTINCT m.session_id FROM messages m JOIN sessions s ON s.id = m.session_id
+    WHERE m.pending AND m.role = 'user' AND m.created_at < :before
+      AND s.status = 'active' AND NOT s.paused AND s.channel <> ALL(:skip)
+      AND NOT EXISTS (
+          SELECT 1 FROM turn_leases l WHERE l.session_id = m.session_id AND l.expires_at >= {_NOW}
+      )
+    LIMIT :limit
+    """
+)
+
+
+class TurnLeases(Protocol):
+    async def claim(self, session_id: str) -> bool:
+        """Ours to run now (True), or marked for the owner's next turn (False)."""
+        ...
+
+    async def release(self, session_id: str) -> bool:
+        """Let go; True when another process marked the session meanwhile: run again."""
+        ...
+
+    async def release_all(self) -> None: ...
+
+    async def orphans(self, skip_channels: Sequence[str]) -> list[str]: ...
+
+    async def run(self) -> None: ...
+
+
+class LocalLeases:
+    """One process (SQLite, or one instance): every claim is granted, nothing to renew."""
+
+    async def claim(self, session_id: str) -> bool:
+        return True
+
+    async def release(self, session_id: str) -> bool:
+        return False
+
+    async def release_all(self) -> None:
+        return None
+
+    async def orphans(self, skip_channels: Sequence[str]) -> list[str]:
+        return []
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+
+class SharedLeases:
+    """Leases in PostgreSQL's `turn_leases`, shared by every instance on the database."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        owner: str,
+        *,
+        ttl_seconds: float,
+        stale: Callable[[str, int | None], None],
+    ) -> None:
+        self._engine = engine
+        self.owner = owner
+        self._ttl_ms = int(ttl_seconds * 1000)
+        self._stale = stale  # drops the hot state of a session unless it has this version
+        self._held: set[str] = set()
+        self.renewed_at = 0.0
+
+    @property
+    def ttl_seconds(self) -> float:
+        return self._ttl_ms / 1000
+
+    def held(self) -> frozenset[str]:
+        return frozenset(self._held)
+
+    async def claim(self, session_id: str) -> bool:
+        async with self._engine.begin() as c:
+            row = (
+                await c.execute(_CLAIM, {"sid": session_id, "me": self.owner, "ttl": self._ttl_ms})
+            ).first()
+        if row is None or row[0] != self.owner:
+            return False
+        self._held.add(session_id)
+        self._stale(session_id, None if row[1] is None else int(row[1]))
+        return True
+
+    async def release(self, session_id: str) -> bool:
+        params = {"sid": session_id, "me": self.owner, "ttl": self._ttl_ms}
+        try:
+            async with self._engine.begin() as c:
+                if (await c.execute(_LET_GO, params)).first() is not None:
+                    return False
+                again = (await c.execute(_AGAIN, params)).first()
+        except BaseException:
+            self._held.discard(session_id)  # not renewed any more: it expires by itself
+            raise
+        if again is None:
+            # Expired and taken while we ran (we could not renew it in time): the new owner
+            # read the store when it claimed, so nothing is lost; say so.
+            self._held.discard(session_id)
+            log.warning("turn lease lost while held", extra={"session_id": session_id})
+            return False
+        self._stale(session_id, None if again[0] is None else int(again[0]))
+        return True
+
+    def forget(self, session_id: str) -> None:
+        self._held.discard(session_id)
+
+    async def release_all(self) -> None:
+        """Shutdown: let every lease go at once, so others adopt what is left without waiting."""
+        self._held.clear()
+        async with self._engine.begin() as c:
+            await c.execute(_DROP_ALL, {"me": self.owner})
+
+    async def orphans(self, skip_channels: Sequence[str], limit: int = 500) -> list[str]:
+        """Sessions with user messages pending for longer than a lease and no live lease:
+        their owner died (or never claimed). Any instance may run them; the claim decides."""
+        async with self._engine.connect() as c:
+            rows = await c.execute(
+                _ORPHANS,
+                {
+                    "before": now_ms() - self._ttl_ms,
+                    "skip": list(skip_channels) or [""],
+                    "limit": limit,
+                },
+            )
+            return [str(r[0]) for r in rows]
+
+    async def renew(self) -> None:
+        sids = list(self._held)
+        if sids:
+            async with self._engine.begin() as c:
+                await c.execute(_RENEW, {"me": self.owner, "ttl": self._ttl_ms, "sids": sids})
+        self.renewed_at = asyncio.get_running_loop().time()
+
+    async def run(self) -> None:
+        """Renew every `ttl / 3`; a renewal that fails is retried at the next tick (two more
+        before the leases expire)."""
+        while True:
+            try:
+                await self.renew()
+            except Exception as exc:
+                log.warning("could not renew turn leases: %r", exc)
+            await asyncio.sleep(self._ttl_ms / 3000)
+
+
+def stale_dropper(
+    get_version: Callable[[str], int | None], drop: Callable[[Iterable[str]], None]
+) -> Callable[[str, int | None], None]:
+    """The `stale` callback: drop a session's hot entry unless it holds `version`."""
+
+    def stale(session_id: str, version: int | None) -> None:
+        have = get_version(session_id)
+        if have is not None and have != version:
+            drop([session_id])
+
+    return stale
