@@ -243,6 +243,12 @@ class Writer:
     async def _transaction(self, batch: list[_Queued[Any]]) -> tuple[list[Event], list[Callable[[], None]]]:
         async with self._sessions.begin() as s:
             s.info["postgres"] = self._pg
+            # PostgreSQL: the event-log lock first, before any row is written. Taken at the
+            # first append instead, two processes deadlock: one holds it and waits for a row
+            # the other inserted (the same webhook delivered to both), which waits for it.
+            # Held from the start, a batch also sees every row another process committed
+            # before it (the dedupe of a concurrent redelivery finds it; no unique violation).
+            await lock_event_log(s)
             groups: dict[int, list[_Queued[Any]]] = {}
             for queued in batch:
                 if queued.group is not None:
