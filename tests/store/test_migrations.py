@@ -12,7 +12,17 @@ from sqlalchemy.engine import Connection
 from gateway.store import db
 from gateway.store.models import Base
 
-TABLES = {"agents", "api_keys", "browser_tokens", "contacts", "sessions", "messages", "events", "outbox"}
+TABLES = {
+    "agents",
+    "api_keys",
+    "browser_tokens",
+    "contacts",
+    "sessions",
+    "messages",
+    "events",
+    "outbox",
+    "turn_leases",
+}
 
 
 async def _tables(url: str) -> set[str]:
