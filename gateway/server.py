@@ -61,6 +61,7 @@ from gateway.leadership import Leadership
 from gateway.limits import SessionLimits
 from gateway.metrics import Metrics
 from gateway.outbox import Outbox
+from gateway.placement import Placement
 from gateway.ratelimit import RateLimiter
 from gateway.settings import AgentConfig, Settings
 from gateway.store.db import create_engine, ensure_schema
@@ -96,6 +97,7 @@ class Services:
     origin_mints: RateLimiter
     # The live phone calls (the Twilio voice channel), once the app is composed.
     calls: CallControl | None = None
+    placement: Placement | None = None  # several instances (gateway/placement.py)
     # Set when the server begins to shut down: long-lived connections close cleanly.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -127,6 +129,18 @@ def build_services(settings: Settings, env: Mapping[str, str] | None = None) -> 
     )
     # One process at a time runs the timers and sweepers (several instances on PostgreSQL).
     leadership = Leadership(store.engine, interval=settings.server.leader_check_seconds)
+    placement = None
+    if isinstance(service.turns.leases, SharedLeases):
+        # A process-served agent's turns run where its process is connected.
+        placement = Placement(
+            store,
+            bus,
+            directory,
+            factory.hub,
+            patience_ms=int(settings.server.turn_lease_seconds * 1000),
+            submit=service.turns.submit,
+        )
+        service.turns.place = placement.here
     outbox = Outbox(store, deliveries, settings.server, leads=leadership.leads)
     service.on_outbox = outbox.wake
     factory.builtins.request_human = service.request_human
@@ -148,6 +162,7 @@ def build_services(settings: Settings, env: Mapping[str, str] | None = None) -> 
             store, service, directory, settings.server.limits_sweep_seconds, leads=leadership.leads
         ),
         leadership=leadership,
+        placement=placement,
     )
 
 
@@ -224,6 +239,8 @@ def create_app(
             workers.append(asyncio.create_task(rt.service.turns.leases.run(), name="turn-leases"))
             every = server.turn_lease_seconds / 2
             workers.append(asyncio.create_task(rt.service.adopt_forever(every), name="turn-adoption"))
+        if rt.placement is not None:
+            workers.append(asyncio.create_task(rt.placement.serve(), name="turn-placement"))
         log.info("gateway ready", extra={"agent": ",".join(rt.directory.ids())})
         try:
             yield {"runtime": rt}

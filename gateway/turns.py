@@ -52,6 +52,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 )
 
 RunTurn = Callable[[str], Coroutine[Any, Any, None]]
+Place = Callable[[str], Coroutine[Any, Any, bool]]
 GiveUp = Callable[[str, BaseException], Coroutine[Any, Any, None]]
 Gate = Callable[[str], contextlib.AbstractAsyncContextManager[None]]
 
@@ -73,6 +74,8 @@ class TurnRunner:
     ) -> None:
         self._run_turn = run_turn
         self.leases: TurnLeases = leases if leases is not None else LocalLeases()
+        # Several instances: whether a session's turns run here (gateway/placement.py).
+        self.place: Place | None = None
         self._gate = gate  # e.g. a tenant's cap, waited for before a gateway-wide slot
         self._give_up = give_up
         self._slots = asyncio.Semaphore(max_concurrent)
@@ -121,6 +124,9 @@ class TurnRunner:
         if isinstance(self.leases, LocalLeases):
             return True
         try:
+            if self.place is not None and not await self.place(session_id):
+                self._dirty.discard(session_id)  # the instance with the agent's process runs it
+                return False
             if await self.leases.claim(session_id):
                 return True
         except Exception as exc:  # the database is away: try again later, like a failed turn

@@ -87,11 +87,18 @@ class ProcessHub:
     def __init__(self) -> None:
         self._links: dict[str, ProcessLink] = {}
         self._changed = asyncio.Condition()
+        self._watchers: list[Callable[[str], None]] = []
+
+    def watch(self, attached: Callable[[str], None]) -> None:
+        """Call `attached(agent_id)` whenever a process starts serving an agent here."""
+        self._watchers.append(attached)
 
     async def attach(self, agent_id: str, link: ProcessLink) -> None:
         async with self._changed:
             self._links[agent_id] = link
             self._changed.notify_all()
+        for attached in self._watchers:
+            attached(agent_id)
 
     def detach(self, link: ProcessLink) -> list[str]:
         gone = [a for a, existing in self._links.items() if existing is link]

@@ -111,7 +111,9 @@ class SessionsRepo(StoreCore):
         async with self._read() as s:
             return int(await s.scalar(q) or 0)
 
-    async def pending_sessions(self, *, exclude_channels: Sequence[str] = ()) -> list[str]:
+    async def pending_sessions(
+        self, *, exclude_channels: Sequence[str] = (), agent_id: str | None = None
+    ) -> list[str]:
         """Active sessions with user messages still waiting for their turn (restart recovery)."""
         async with self._read() as s:
             q = (
@@ -121,6 +123,8 @@ class SessionsRepo(StoreCore):
             )
             if exclude_channels:
                 q = q.where(SessionRow.channel.not_in(list(exclude_channels)))
+            if agent_id is not None:
+                q = q.where(SessionRow.agent_id == agent_id)
             rows = await s.scalars(q.distinct())
             return list(rows)
 
