@@ -202,7 +202,11 @@ class ConversationService(Takeover, Replies, Observations):
 
     async def adopt_orphans(self) -> int:
         """Several instances: run the pending turns no live process holds (their owner died)."""
-        sessions = await self.turns.leases.orphans([str(Channel.PHONE)])
+        # A session this instance is already about to run (its worker waits for the database
+        # under load) is not an orphan.
+        sessions = [
+            s for s in await self.turns.leases.orphans([str(Channel.PHONE)]) if not self.turns.queued(s)
+        ]
         for session_id in sessions:
             self.turns.submit(session_id)
         if sessions:

@@ -40,11 +40,17 @@ class Outbox:
         deliveries: Mapping[str, Delivery],
         config: ServerConfig,
         leads: Callable[[], bool] = lambda: True,
+        *,
+        instance: str | None = None,
     ) -> None:
         self._store = store
-        # Several instances: only the leader claims and expires parts. Claims are not
-        # exclusive across processes yet (a second poller could send a part twice).
+        # Several instances: the leader alone expires uncertain parts (a sweeper). Every
+        # instance claims and sends (gateway/turn_lease.py names this one): a claim is one
+        # writer transaction under the event-log lock, so a part goes to one instance and a
+        # session's parts leave in order. A part left `sending` is recovered (made
+        # uncertain) only once its instance is no longer alive.
         self._leads = leads
+        self._instance = instance
         self._deliveries = deliveries
         self._config = config
         self._wake = asyncio.Event()
@@ -55,26 +61,36 @@ class Outbox:
     def wake(self) -> None:
         self._wake.set()
 
-    async def run(self) -> None:
+    async def _recover(self, *, restart: bool) -> None:
         recovered = await self._store.outbox.recover_in_flight(
-            int(self._config.outbox_uncertain_grace_seconds * 1000)
+            int(self._config.outbox_uncertain_grace_seconds * 1000),
+            shared=self._instance is not None,
+            restart=restart,
         )
         if recovered:
             log.warning(
-                "%d outbox parts were mid-send when the gateway stopped; awaiting their receipts", recovered
+                "%d outbox parts were mid-send when their sender stopped; awaiting their receipts", recovered
             )
+
+    async def run(self) -> None:
+        await self._recover(restart=True)
         try:
             loop = asyncio.get_running_loop()
             next_expiry = 0.0
+            next_recovery = loop.time() + self._config.turn_lease_seconds / 2
             while not self._closing:
                 self._wake.clear()
                 if loop.time() >= next_expiry and self._leads():  # rare work: not on every wake-up
                     await self._store.outbox.expire_uncertain(self._config.outbox_max_attempts)
                     next_expiry = loop.time() + max(1.0, self._config.outbox_poll_seconds)
+                if self._instance is not None and loop.time() >= next_recovery:
+                    # A dead instance's sends in flight: its row expires with its leases.
+                    await self._recover(restart=False)
+                    next_recovery = loop.time() + self._config.turn_lease_seconds / 2
                 # Claim no more than the free slots: a claimed part is sent at once, never
                 # left `sending` in a queue where a crash would make it look mid-call.
                 free = self._config.outbox_concurrency - len(self._inflight)
-                if free > 0 and self._leads():
+                if free > 0:
                     for item in await self._claim(free):
                         task = asyncio.create_task(self._deliver(item), name=f"outbox:{item.id}")
                         self._inflight.add(task)
@@ -91,7 +107,7 @@ class Outbox:
     async def _claim(self, limit: int) -> list[OutboxItem]:
         """Claim due parts; cancelled mid-claim, give back what the claim committed, so a
         part is never left `sending` without a send."""
-        claim = asyncio.ensure_future(self._store.outbox.claim_due(limit=limit))
+        claim = asyncio.ensure_future(self._store.outbox.claim_due(limit=limit, by=self._instance))
         try:
             return await asyncio.shield(claim)
         except asyncio.CancelledError:

@@ -141,7 +141,10 @@ def build_services(settings: Settings, env: Mapping[str, str] | None = None) -> 
             submit=service.turns.submit,
         )
         service.turns.place = placement.here
-    outbox = Outbox(store, deliveries, settings.server, leads=leadership.leads)
+        store.fence_replies = True
+    leases = service.turns.leases
+    instance = leases.owner if isinstance(leases, SharedLeases) else None
+    outbox = Outbox(store, deliveries, settings.server, leads=leadership.leads, instance=instance)
     service.on_outbox = outbox.wake
     factory.builtins.request_human = service.request_human
     auth = Auth(settings, store, env)
@@ -225,6 +228,8 @@ def create_app(
         await rt.store.sync_agents(rt.directory.as_json())
         await load_process_agents(rt)
         await rt.bus.connect()
+        if isinstance(rt.service.turns.leases, SharedLeases):
+            await rt.service.turns.leases.register()  # alive, before its outbox claims a part
         await rt.service.resume_pending()
         workers = [
             # A worker that a database outage kills starts again (gateway/tasks.py).

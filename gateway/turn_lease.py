@@ -44,11 +44,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.events import now_ms
+from gateway.store.models import DB_NOW_MS
 
 log = logging.getLogger("gateway.turn_lease")
 
-# The database's clock in epoch milliseconds: every instance compares against the same one.
-_NOW = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
+_NOW = DB_NOW_MS  # the database's clock: every instance compares against the same one
 
 _CLAIM = text(
     f"""
@@ -84,6 +84,11 @@ _ORPHANS = text(
     LIMIT :limit
     """
 )
+
+
+class TurnSuperseded(Exception):
+    """A reply answers messages another instance answered meanwhile (this turn outlived its
+    lease): it is not stored, and the turn ends quietly."""
 
 
 class TurnLeases(Protocol):
@@ -138,6 +143,8 @@ class SharedLeases:
         self._stale = stale  # drops the hot state of a session unless it has this version
         self._held: set[str] = set()
         self.renewed_at = 0.0
+        # A row of its own says this instance is alive (its outbox sends are its own).
+        self.instance_key = f"instance:{owner}"
 
     @property
     def ttl_seconds(self) -> float:
@@ -178,6 +185,11 @@ class SharedLeases:
 
     def forget(self, session_id: str) -> None:
         self._held.discard(session_id)
+
+    async def register(self) -> None:
+        """At start, before the outbox claims anything: this instance is alive."""
+        if not await self.claim(self.instance_key):
+            raise RuntimeError(f"another live instance is named {self.owner!r}")
 
     async def release_all(self) -> None:
         """Shutdown: let every lease go at once, so others adopt what is left without waiting."""

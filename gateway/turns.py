@@ -35,7 +35,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from gateway.turn_lease import LocalLeases, TurnLeases
+from gateway.turn_lease import LocalLeases, TurnLeases, TurnSuperseded
 
 log = logging.getLogger("gateway.turns")
 
@@ -95,6 +95,10 @@ class TurnRunner:
             task = asyncio.create_task(self._worker(session_id), name=f"turns:{session_id}")
             self._workers[session_id] = task
 
+    def queued(self, session_id: str) -> bool:
+        """A worker exists for the session here (claiming, waiting for a slot, or running)."""
+        return session_id in self._workers
+
     def busy(self, session_id: str) -> bool:
         return session_id in self._current
 
@@ -150,6 +154,8 @@ class TurnRunner:
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():
                         raise  # the worker itself is being cancelled, not just this turn
+                except TurnSuperseded:
+                    log.warning("turn superseded by another instance's", extra={"session_id": session_id})
                 except Exception as exc:
                     await self._failed(session_id, exc)
                 else:

@@ -62,6 +62,10 @@ class StoreCore:
         self._pg = engine.dialect.name == "postgresql"
         self._writer = Writer(self._sessions, postgres=self._pg, on_commit=on_commit)
         self.hot = HotSessions()
+        # Several instances (set by the composition root): a reply is stored only if every
+        # message it answers is still pending, so a turn that outlived its lease (a stalled
+        # process) never answers a message another instance answered meanwhile.
+        self.fence_replies = False
 
     @property
     def on_commit(self) -> Callable[[list[Event]], None] | None:

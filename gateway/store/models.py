@@ -214,6 +214,13 @@ class OutboxRow(Base):
     pricing: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[int]
     updated_at: Mapped[int]
+    # Several instances: the instance whose send is in flight (gateway/turn_lease.py names
+    # it); a `sending` part of an instance that is no longer alive becomes `uncertain`.
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+
+
+# PostgreSQL's clock in epoch milliseconds: what every instance compares leases against.
+DB_NOW_MS = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
 
 
 class TurnLeaseRow(Base):

@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import exists, literal, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway import ids
 from gateway.events import Event, now_ms
-from gateway.store.models import MessageRow, OutboxRow, SessionRow
+from gateway.store.models import DB_NOW_MS, MessageRow, OutboxRow, SessionRow, TurnLeaseRow
 from gateway.store.records import OutboxItem
 from gateway.store.writer import after_commit
 from gateway.types import EventType
@@ -187,7 +187,7 @@ class OutboxQueries:
 
         return await self._writer.run(job, urgent=True)
 
-    async def claim_due(self, limit: int = 32) -> list[OutboxItem]:
+    async def claim_due(self, limit: int = 32, *, by: str | None = None) -> list[OutboxItem]:
         """Claim the next part of each session whose turn to send has come.
 
         Parts of one session go strictly in order, one at a time: a session with a
@@ -226,6 +226,7 @@ class OutboxQueries:
                 seen.add(row.session_id)
                 if row.next_attempt_at <= now:
                     row.status, row.attempts, row.updated_at = "sending", row.attempts + 1, now
+                    row.claimed_by = by
                     claimed.append(row)
                     if len(claimed) >= limit:
                         break
@@ -303,26 +304,44 @@ class OutboxQueries:
 
         return await self._writer.run(job, urgent=True)
 
-    async def recover_in_flight(self, grace_ms: int) -> int:
-        """At start-up: a part claimed by a process that died may or may not have gone out.
+    async def recover_in_flight(self, grace_ms: int, *, shared: bool = False, restart: bool = True) -> int:
+        """A part claimed by a process that died may or may not have gone out: `uncertain`.
 
-        Its grace period starts now, and so does that of a part left uncertain by the last
-        stop: a receipt the provider could not deliver while the gateway was down comes
-        when the provider retries, after the restart, and must find the part still waiting.
+        At start-up (`restart`) its grace period starts now, and so does that of a part left
+        uncertain by the last stop: a receipt the provider could not deliver while the
+        gateway was down comes when the provider retries, after the restart, and must find
+        the part still waiting. With several instances (`shared`), only the parts of
+        instances that are no longer alive (no live `instance:` row in `turn_leases`, on
+        the database's clock) are taken: another live instance's send is its own.
         """
         now = now_ms()
 
         async def job(s: AsyncSession) -> int:
+            stmt = update(OutboxRow).where(OutboxRow.status == "sending")
+            if shared:
+                stmt = stmt.where(
+                    or_(
+                        OutboxRow.claimed_by.is_(None),
+                        ~exists(
+                            select(literal(1))
+                            .select_from(TurnLeaseRow)
+                            .where(
+                                TurnLeaseRow.session_id == literal("instance:") + OutboxRow.claimed_by,
+                                TurnLeaseRow.expires_at >= text(DB_NOW_MS),
+                            )
+                        ),
+                    )
+                )
             res = await s.execute(
-                update(OutboxRow)
-                .where(OutboxRow.status == "sending")
-                .values(status="uncertain", next_attempt_at=now + grace_ms, updated_at=now)
+                stmt.values(status="uncertain", next_attempt_at=now + grace_ms, updated_at=now),
+                execution_options={"synchronize_session": False},
             )
-            await s.execute(
-                update(OutboxRow)
-                .where(OutboxRow.status == "uncertain", OutboxRow.next_attempt_at < now + grace_ms)
-                .values(next_attempt_at=now + grace_ms)
-            )
+            if restart:
+                await s.execute(
+                    update(OutboxRow)
+                    .where(OutboxRow.status == "uncertain", OutboxRow.next_attempt_at < now + grace_ms)
+                    .values(next_attempt_at=now + grace_ms)
+                )
             return int(res.rowcount or 0)  # type: ignore[attr-defined]
 
         return await self._writer.run(job, urgent=True)

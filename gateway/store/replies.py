@@ -29,6 +29,7 @@ from gateway.store.rows import (
     _reply_row,
 )
 from gateway.store.writer import after_commit
+from gateway.turn_lease import TurnSuperseded
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -149,8 +150,26 @@ class RepliesRepo(StoreCore):
             await s.execute(insert(MessageRow), rows)
         if queued:
             await s.execute(insert(OutboxRow), queued)
-        for chunk in _chunks(answered):
-            await s.execute(update(MessageRow).where(MessageRow.id.in_(chunk)).values(pending=False))
+        if self.fence_replies:
+            # Several instances: only messages still pending are answered; a reply whose
+            # messages another instance answered meanwhile rolls back (its turn outlived its
+            # lease). The writer then reruns the other jobs of the batch without it.
+            settled: set[str] = set()
+            for chunk in _chunks(answered):
+                settled.update(
+                    await s.scalars(
+                        update(MessageRow)
+                        .where(MessageRow.id.in_(chunk), MessageRow.pending.is_(True))
+                        .values(pending=False)
+                        .returning(MessageRow.id)
+                    )
+                )
+            for it in items:
+                if not set(it.answered) <= settled:
+                    raise TurnSuperseded(it.session_id)
+        else:
+            for chunk in _chunks(answered):
+                await s.execute(update(MessageRow).where(MessageRow.id.in_(chunk)).values(pending=False))
         stored = await self._append(s, events)
         out: list[list[Event]] = []
         at = 0
