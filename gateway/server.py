@@ -257,6 +257,9 @@ def create_app(
             deadline = loop.time() + server.shutdown_grace_seconds
             await rt.service.turns.shutdown(server.shutdown_grace_seconds)
             await rt.outbox.stop(max(1.0, deadline - loop.time()))
+            if isinstance(rt.service.turns.leases, SharedLeases):
+                with contextlib.suppress(Exception):  # it expires by itself
+                    await rt.service.turns.leases.retire()
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)

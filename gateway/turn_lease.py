@@ -72,7 +72,7 @@ _AGAIN = text(
 _RENEW = text(
     f"UPDATE turn_leases SET expires_at = {_NOW} + :ttl WHERE owner = :me AND session_id = ANY(:sids)"
 )
-_DROP_ALL = text("DELETE FROM turn_leases WHERE owner = :me")
+_DROP_ALL = text("DELETE FROM turn_leases WHERE owner = :me AND session_id <> :keep")
 _ORPHANS = text(
     f"""
     SELECT DISTINCT m.session_id FROM messages m JOIN sessions s ON s.id = m.session_id
@@ -192,10 +192,17 @@ class SharedLeases:
             raise RuntimeError(f"another live instance is named {self.owner!r}")
 
     async def release_all(self) -> None:
-        """Shutdown: let every lease go at once, so others adopt what is left without waiting."""
+        """Shutdown: let every turn lease go at once, so others adopt what is left without
+        waiting. The instance row stays (renewed) until `retire`: the outbox still sends."""
+        self._held = {self.instance_key} & self._held
+        async with self._engine.begin() as c:
+            await c.execute(_DROP_ALL, {"me": self.owner, "keep": self.instance_key})
+
+    async def retire(self) -> None:
+        """The very end of a shutdown (the outbox stopped): this instance is gone."""
         self._held.clear()
         async with self._engine.begin() as c:
-            await c.execute(_DROP_ALL, {"me": self.owner})
+            await c.execute(_DROP_ALL, {"me": self.owner, "keep": ""})
 
     async def orphans(self, skip_channels: Sequence[str], limit: int = 500) -> list[str]:
         """Sessions with user messages pending for longer than a lease and no live lease:
