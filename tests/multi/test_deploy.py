@@ -116,7 +116,7 @@ async def test_nginx_passes_websockets_and_sse_and_rides_a_rolling_restart(tmp_p
                             assert (await c2.get("/readyz")).status_code == 200
                         await chat(front, [f"while one is down {i}"])
                     body = text_webhook("wamid.NGINX2", "while gateway-1 restarts", sender="16505550009")
-                    assert await post_webhook(front, body) == 200  # the standby took it
+                    assert await post_webhook(front, body) == 200  # the other gateway took it
                     await first.start()
                     await second.ready()
                     await chat(front, ["both back"])
