@@ -14,7 +14,8 @@
   PERFORMANCE.md: each message becomes a row queued for ONE writer task, which
   inserts what has queued up (≤ 64 rows) in one SQLAlchemy Core transaction
   (aiosqlite, WAL, synchronous=NORMAL, as the gateway configures SQLite) and answers
-  each request only after its own commit. Needs `--db`.
+  each request only after its own commit. Needs `--db`; with `--database-url` (an
+  asyncpg URL) it commits to that PostgreSQL database instead.
 - `GET /healthz`.
 
 Same uvicorn setup as the gateway: uvloop/httptools when installed, deflate off.
@@ -123,18 +124,21 @@ class GroupCommit:
 
     MAX_BATCH = 64
 
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Path, url: str | None = None) -> None:
         from sqlalchemy import Column, Integer, MetaData, String, Table, Text, event
         from sqlalchemy.ext.asyncio import create_async_engine
 
-        self.engine = create_async_engine(f"sqlite+aiosqlite:///{db}", connect_args={"timeout": 30})
+        if url is not None:  # PostgreSQL (asyncpg), the gateway's pool defaults
+            self.engine = create_async_engine(url)
+        else:
+            self.engine = create_async_engine(f"sqlite+aiosqlite:///{db}", connect_args={"timeout": 30})
 
-        @event.listens_for(self.engine.sync_engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
+            @event.listens_for(self.engine.sync_engine, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.close()
 
         self.meta = MetaData()
         self.table = Table(
@@ -247,11 +251,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--db", type=Path, help="SQLite file for the group-commit baseline")
+    parser.add_argument("--database-url", help="the group commit stores here instead (PostgreSQL)")
     args = parser.parse_args()
     raise_nofile()
     global GROUP
     if args.db is not None:
-        GROUP = GroupCommit(args.db)
+        GROUP = GroupCommit(args.db, args.database_url)
     config = uvicorn.Config(
         app,
         host=HOST,

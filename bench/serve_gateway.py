@@ -1,7 +1,8 @@
 """The gateway as a benchmark target: `python -m bench.serve_gateway --port N --db PATH [options]`.
 
 Embedded-style settings: one `demo` agent answered by `echo` at zero delay, an admin
-key, a fresh SQLite file, everything else default (`token_flush_ms` included, unless
+key, a fresh SQLite file (or `--database-url`, e.g. a scratch PostgreSQL database),
+everything else default (`token_flush_ms` included, unless
 `--token-flush-ms` is given). Optional extra agents:
 
 - `--llm-url URL`: agent `llm`, `answer = "llm"`, `llm = {base_url = URL/v1, model = "m"}`
@@ -36,11 +37,12 @@ def settings_for(
     graph_url: str | None = None,
     token_flush_ms: float | None = None,
     tenants: int = 0,
+    database_url: str | None = None,
 ) -> Settings:
     server: dict[str, Any] = {
         "host": HOST,
         "port": port,
-        "database_url": f"sqlite+aiosqlite:///{db}",
+        "database_url": database_url or f"sqlite+aiosqlite:///{db}",
         "admin_key": ADMIN_KEY,
         "auto_migrate": True,
         "log_json": False,
@@ -91,6 +93,7 @@ def main() -> None:
     parser.add_argument("--graph-url", help="add agent `wa` with a WhatsApp number on this Graph API")
     parser.add_argument("--token-flush-ms", type=float, help="server.token_flush_ms (default: the gateway's)")
     parser.add_argument("--tenants", type=int, default=0, help="add agents t0…tN-1, one tenant and key each")
+    parser.add_argument("--database-url", help="store in this database instead of --db (e.g. PostgreSQL)")
     args = parser.parse_args()
     raise_nofile()
     env = {k: os.environ[k] for k in ("WA_TOKEN", "WA_APP_SECRET") if k in os.environ}
@@ -103,6 +106,7 @@ def main() -> None:
             graph_url=args.graph_url,
             token_flush_ms=args.token_flush_ms,
             tenants=args.tenants,
+            database_url=args.database_url,
         )
         server = server_for(settings, env=env, port=args.port, log_config=None)
         server.run()

@@ -15,7 +15,13 @@ that arrives in the window counts (req/s = those / window), latency = request wr
   (`bench.serve_fake_graph`, own process), preceded by a mark-read/typing call. That
   work shares the CPU with ingestion, so after the window the benchmark waits for
   the backlog (pending user messages, unsent outbox rows, read from the gateway's
-  SQLite file) to drain and reports how long that took.
+  database) to drain and reports how long that took. End to end: every message
+  accepted during the load (warm-up included) must have had its echo reply accepted
+  by the fake Graph API; the rate is accepted ÷ (load + drain), from the first
+  request to the moment nothing is pending or unsent.
+- PostgreSQL (when `bench.pg` reaches a server): the gateway and the group-commit
+  baseline again, each on a scratch database created for the measurement and dropped
+  after it; SQLite stays the first and default set of rows.
 - bare "verify + parse" (`POST /whatsapp/webhook` of `bench.serve_bare`): HMAC check
   and `json.loads`, nothing stored.
 - bare "group commit" (`POST /whatsapp/webhook-gc`): verify, parse, then one writer
@@ -35,13 +41,13 @@ import hmac
 import itertools
 import json
 import resource
-import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import pg
 from bench.clients import HttpConn
 from bench.common import (
     HOST,
@@ -177,7 +183,9 @@ async def load(
     want = 401 if bad else 200
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
+    accepted = 0  # every response with the expected status, warm-up and window alike
     sent = 0
+    t_begin = time.perf_counter()
     t_start = time.perf_counter() + p.warmup_s
     t_end = t_start + seconds
     cpu: dict[str, float] = {}
@@ -196,7 +204,7 @@ async def load(
         cpu["client"] = (_client_cpu() - client0) / seconds
 
     async def worker(conn: HttpConn) -> None:
-        nonlocal sent
+        nonlocal sent, accepted
         while True:
             raw = bodies.request()
             t0 = time.perf_counter()
@@ -205,6 +213,7 @@ async def load(
             sent += 1
             status, _ = await conn.request(raw)
             t1 = time.perf_counter()
+            accepted += status == want
             if t_start <= t1 < t_end:
                 statuses[status] += 1
                 if status == want:
@@ -223,6 +232,9 @@ async def load(
         "concurrency": concurrency,
         "seconds": seconds,
         "requests_sent": sent,
+        "accepted_total": accepted,
+        "t_begin": t_begin,  # perf_counter when the first request could go
+        "t_done": time.perf_counter(),  # the last response read
         "in_window": sum(statuses.values()),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "wrong_status": sum(statuses.values()) - ok,
@@ -235,21 +247,22 @@ async def load(
     }
 
 
-def backlog(db: Path) -> dict[str, int]:
-    """Pending user messages and outbox rows by status, read from the gateway's SQLite file."""
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
-        pending = con.execute("SELECT count(*) FROM messages WHERE pending = 1").fetchone()[0]
-        users = con.execute("SELECT count(*) FROM messages WHERE role = 'user'").fetchone()[0]
-        outbox = dict(con.execute("SELECT status, count(*) FROM outbox GROUP BY status").fetchall())
-    finally:
-        con.close()
+async def backlog(engine: Any) -> dict[str, int]:
+    """Pending user messages and outbox rows by status, read from the gateway's database."""
+    from sqlalchemy import text
+
+    async with engine.connect() as con:
+        pending = (await con.execute(text("SELECT count(*) FROM messages WHERE pending"))).scalar_one()
+        users = (await con.execute(text("SELECT count(*) FROM messages WHERE role = 'user'"))).scalar_one()
+        outbox = dict(
+            (await con.execute(text("SELECT status, count(*) FROM outbox GROUP BY status"))).tuples().all()
+        )
     return {
-        "user_messages": users,
-        "pending_messages": pending,
-        "outbox_unsent": sum(v for k, v in outbox.items() if k not in ("sent", "failed")),
-        "outbox_sent": outbox.get("sent", 0),
-        "outbox_failed": outbox.get("failed", 0),
+        "user_messages": int(users),
+        "pending_messages": int(pending),
+        "outbox_unsent": int(sum(v for k, v in outbox.items() if k not in ("sent", "failed"))),
+        "outbox_sent": int(outbox.get("sent", 0)),
+        "outbox_failed": int(outbox.get("failed", 0)),
     }
 
 
@@ -264,24 +277,51 @@ async def graph_stats(graph: ServerProc) -> dict[str, int]:
         conn.close()
 
 
-async def drain(gw: ServerProc, timeout: float) -> dict[str, Any]:
+async def drain(url: str, timeout: float) -> dict[str, Any]:
     """Wait for the turns and the outbox to catch up after the load stopped."""
-    assert gw.db_path is not None
-    t0 = time.perf_counter()
-    at_end = await asyncio.to_thread(backlog, gw.db_path)
-    now = at_end
-    while now["pending_messages"] or now["outbox_unsent"]:
-        if time.perf_counter() - t0 > timeout:
-            break
-        await asyncio.sleep(0.2)
-        with contextlib.suppress(sqlite3.OperationalError):
-            now = await asyncio.to_thread(backlog, gw.db_path)
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(
+        url, **({"connect_args": {"timeout": 5}} if url.startswith("sqlite") else {})
+    )
+    try:
+        t0 = time.perf_counter()
+        at_end = await backlog(engine)
+        now = at_end
+        while now["pending_messages"] or now["outbox_unsent"]:
+            if time.perf_counter() - t0 > timeout:
+                break
+            await asyncio.sleep(0.2)
+            with contextlib.suppress(Exception):  # a locked SQLite file: read again
+                now = await backlog(engine)
+        t_done = time.perf_counter()
+    finally:
+        await engine.dispose()
     drained = not (now["pending_messages"] or now["outbox_unsent"])
     return {
         "at_window_end": at_end,
         "after": now,
         "drained": drained,
-        "drain_s": time.perf_counter() - t0 if drained else float("nan"),
+        "drain_s": t_done - t0 if drained else float("nan"),
+        "t_done": t_done,
+    }
+
+
+def end_to_end(load_result: dict[str, Any], drained: dict[str, Any], sends: int) -> dict[str, Any]:
+    """Accepted messages answered per second, counting the load and the drain after it.
+
+    Every accepted message must have had its echo reply accepted by the fake Graph API
+    (`sends`: the fake's send count over the phase; one part per reply here).
+    """
+    accepted = load_result["accepted_total"]
+    span = drained["t_done"] - load_result["t_begin"]
+    answered_all = bool(drained["drained"]) and sends >= accepted
+    return {
+        "accepted": accepted,
+        "answered": sends,
+        "span_s": span,
+        "all_answered": answered_all,
+        "per_s": accepted / span if answered_all and span > 0 else float("nan"),
     }
 
 
@@ -304,22 +344,52 @@ async def measure_bare(p: WebhookParams, log_dir: Path) -> dict[str, Any]:
     return out
 
 
-async def measure_gateway(p: WebhookParams, log_dir: Path) -> dict[str, Any]:
+async def measure_bare_pg(p: WebhookParams, log_dir: Path) -> dict[str, Any]:
+    """The group-commit baseline committing to a scratch PostgreSQL database."""
+    async with pg.scratch_database() as url, running("bare", log_dir, args=["--database-url", url]) as bare:
+        out = {
+            "gc_c": await load(
+                [bare], "/whatsapp/webhook-gc", p, concurrency=p.concurrency, seconds=p.seconds
+            ),
+            "gc_c1": await load([bare], "/whatsapp/webhook-gc", p, concurrency=1, seconds=p.c1_seconds),
+        }
+    out["background_cores"] = bare.background_cores
+    return out
+
+
+async def measure_gateway(p: WebhookParams, log_dir: Path, database_url: str | None = None) -> dict[str, Any]:
+    """The gateway on its SQLite file, or (`database_url`) on PostgreSQL; the bad-signature
+    phase only on SQLite (it never reaches the database)."""
     async with running("fake_graph", log_dir) as graph:
         args = ["--graph-url", graph.url]
+        if database_url is not None:
+            args += ["--database-url", database_url]
         async with running("gateway", log_dir, args=args, env=WA_ENV) as gw:
+            assert gw.db_path is not None
+            url = database_url or f"sqlite+aiosqlite:///{gw.db_path}"
             servers = [gw, graph]
+            before = await graph_stats(graph)
             good = await load(servers, "/whatsapp/webhook", p, concurrency=p.concurrency, seconds=p.seconds)
-            after = await drain(gw, p.drain_timeout_s)
+            after = await drain(url, p.drain_timeout_s)
+            sends = (await graph_stats(graph)).get("sends", 0) - before.get("sends", 0)
+            e2e = end_to_end(good, after, sends)
             c1 = await load(servers, "/whatsapp/webhook", p, concurrency=1, seconds=p.c1_seconds)
-            after_c1 = await drain(gw, p.drain_timeout_s)
-            bad = await load(
-                servers, "/whatsapp/webhook", p, concurrency=p.concurrency, seconds=p.bad_seconds, bad=True
-            )
+            after_c1 = await drain(url, p.drain_timeout_s)
+            bad = None
+            if database_url is None:
+                bad = await load(
+                    servers,
+                    "/whatsapp/webhook",
+                    p,
+                    concurrency=p.concurrency,
+                    seconds=p.bad_seconds,
+                    bad=True,
+                )
             stats = await graph_stats(graph)
         out = {
             "signed_c": good,
             "drain_c": after,
+            "end_to_end_c": e2e,
             "signed_c1": c1,
             "drain_c1": after_c1,
             "bad_c": bad,
@@ -330,9 +400,60 @@ async def measure_gateway(p: WebhookParams, log_dir: Path) -> dict[str, Any]:
     return out
 
 
+async def measure_gateway_pg(p: WebhookParams, log_dir: Path) -> dict[str, Any]:
+    async with pg.scratch_database() as url:
+        return await measure_gateway(p, log_dir, url)
+
+
+def _ingest_rows(c: int, gw: dict[str, Any], gc: dict[str, Any], db: str) -> list[Row]:
+    """The rows issue 13's table sets against the group-commit baseline, for one database."""
+    g, e2e = gw["signed_c"], gw["end_to_end_c"]
+    return [
+        Row(
+            "webhook",
+            f"{db}: webhook req/s, c={c} (bare: group commit)",
+            "req/s",
+            g["req_per_s"],
+            gc["gc_c"]["req_per_s"],
+            Target("ratio_min", 0.5),
+        ),
+        Row(
+            "webhook",
+            f"{db}: webhook p99, c={c} (bare: group commit)",
+            "ms",
+            g["p99_ms"],
+            gc["gc_c"]["p99_ms"],
+            Target("ratio_max", 3),
+        ),
+        Row(
+            "webhook",
+            f"{db}: answered end to end, accepted / (load + drain), c={c} (bare: group commit)",
+            "msg/s",
+            e2e["per_s"],
+            gc["gc_c"]["req_per_s"],
+            Target("ratio_min", 0.25),
+        ),
+        Row(
+            "webhook",
+            f"{db}: accepted messages answered (echo reply reached the fake Graph), c={c}",
+            "%",
+            100.0 * e2e["answered"] / e2e["accepted"] if e2e["accepted"] else float("nan"),
+            None,
+            Target("abs_min", 100),
+        ),
+    ]
+
+
 async def run(p: WebhookParams, log_dir: Path) -> tuple[list[Row], dict[str, Any]]:
     bare = await measure_bare(p, log_dir)
     gw = await measure_gateway(p, log_dir)
+    no_pg = await pg.available()
+    bare_pg = gw_pg = None
+    if no_pg is None:
+        bare_pg = await measure_bare_pg(p, log_dir)
+        gw_pg = await measure_gateway_pg(p, log_dir)
+    else:
+        print(f"webhook: PostgreSQL rows skipped ({no_pg})")
     c = p.concurrency
     g, parse, gc = gw["signed_c"], bare["parse_c"], bare["gc_c"]
     rows = [
@@ -370,6 +491,14 @@ async def run(p: WebhookParams, log_dir: Path) -> tuple[list[Row], dict[str, Any
         ),
         Row(
             "webhook",
+            "webhook p50, c=1 (bare: verify+parse, issue 13's target)",
+            "ms",
+            gw["signed_c1"]["p50_ms"],
+            bare["parse_c1"]["p50_ms"],
+            Target("ratio_max", 10),
+        ),
+        Row(
+            "webhook",
             f"bad-signature rejections/s, c={c} (bare: verify+parse)",
             "req/s",
             gw["bad_c"]["req_per_s"],
@@ -390,5 +519,32 @@ async def run(p: WebhookParams, log_dir: Path) -> tuple[list[Row], dict[str, Any
             gw["drain_c"]["drain_s"],
             None,
         ),
+        *_ingest_rows(c, gw, bare, "SQLite"),
     ]
-    return rows, {"params": p.__dict__, "gateway": gw, "bare": bare}
+    if gw_pg is not None and bare_pg is not None:
+        rows += [
+            *_ingest_rows(c, gw_pg, bare_pg, "PostgreSQL"),
+            Row(
+                "webhook",
+                "PostgreSQL: webhook p50, c=1 (bare: verify+parse)",
+                "ms",
+                gw_pg["signed_c1"]["p50_ms"],
+                bare["parse_c1"]["p50_ms"],
+                Target("ratio_max", 10),
+            ),
+            Row(
+                "webhook",
+                f"PostgreSQL: turn + outbox backlog drained after c={c} window",
+                "s",
+                gw_pg["drain_c"]["drain_s"],
+                None,
+            ),
+        ]
+    return rows, {
+        "params": p.__dict__,
+        "gateway": gw,
+        "bare": bare,
+        "gateway_pg": gw_pg,
+        "bare_pg": bare_pg,
+        "postgres_skipped": no_pg,
+    }

@@ -22,10 +22,11 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from gateway.delivery import Delivery, SendFailed
-from gateway.events import now_ms
+from gateway.events import Event, now_ms
 from gateway.settings import ServerConfig
 from gateway.store.records import OutboxItem
 from gateway.store.sql import Store
@@ -46,19 +47,29 @@ class Outbox:
         self._store = store
         # Several instances: the leader alone expires uncertain parts (a sweeper). Every
         # instance claims and sends (gateway/turn_lease.py names this one): a claim is one
-        # writer transaction under the event-log lock, so a part goes to one instance and a
-        # session's parts leave in order. A part left `sending` is recovered (made
-        # uncertain) only once its instance is no longer alive.
+        # conditional UPDATE, exclusive across processes (tests/store/test_outbox_claim_processes.py),
+        # recording its instance. A part left `sending` is recovered (made uncertain) only
+        # once its instance is no longer alive.
         self._leads = leads
         self._instance = instance
         self._deliveries = deliveries
         self._config = config
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # something to do: handed parts, or a poll asked for
+        self._poll = True  # the next iteration polls (recovery path); the first one does
+        self._handed: dict[str, deque[OutboxItem]] = {}  # per session, in commit order
+        self._busy: set[str] = set()  # sessions with a part in flight from this process
         self._inflight: set[asyncio.Task[None]] = set()
+        self._recording: set[asyncio.Future[list[Event]]] = set()  # records of sends that went out
         self._closing = False
         self._stopped = asyncio.Event()  # the claim loop has exited
 
-    def wake(self) -> None:
+    def wake(self, items: Sequence[OutboxItem] = ()) -> None:
+        """Parts a commit just queued (sent without a poll), or, with none, poll soon."""
+        if items:
+            for item in items:
+                self._handed.setdefault(item.session_id, deque()).append(item)
+        else:
+            self._poll = True
         self._wake.set()
 
     async def _recover(self, *, restart: bool) -> None:
@@ -77,6 +88,7 @@ class Outbox:
         try:
             loop = asyncio.get_running_loop()
             next_expiry = 0.0
+            next_poll = 0.0
             next_recovery = loop.time() + self._config.turn_lease_seconds / 2
             while not self._closing:
                 self._wake.clear()
@@ -89,14 +101,22 @@ class Outbox:
                     next_recovery = loop.time() + self._config.turn_lease_seconds / 2
                 # Claim no more than the free slots: a claimed part is sent at once, never
                 # left `sending` in a queue where a crash would make it look mid-call.
-                free = self._config.outbox_concurrency - len(self._inflight)
-                if free > 0:
-                    for item in await self._claim(free):
-                        task = asyncio.create_task(self._deliver(item), name=f"outbox:{item.id}")
-                        self._inflight.add(task)
-                        task.add_done_callback(self._inflight.discard)
+                await self._claim_handed()
+                if self._poll or loop.time() >= next_poll:
+                    self._poll = False
+                    next_poll = loop.time() + self._config.outbox_poll_seconds
+                    free = self._config.outbox_concurrency - len(self._inflight)
+                    if free > 0:
+                        claimed = await self._claim(
+                            self._store.outbox.claim_due(limit=free, by=self._instance)
+                        )
+                        for item in claimed:
+                            handed = self._handed.get(item.session_id)
+                            if handed and handed[0].id == item.id:
+                                handed.popleft()  # the poll came first: the rest stays handed
+                            self._start(item, polled=True)
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._config.outbox_poll_seconds):
+                    async with asyncio.timeout(max(0.0, next_poll - loop.time())):
                         await self._wake.wait()
         finally:
             self._stopped.set()
@@ -104,10 +124,44 @@ class Outbox:
                 for task in list(self._inflight):
                     task.cancel()
 
-    async def _claim(self, limit: int) -> list[OutboxItem]:
-        """Claim due parts; cancelled mid-claim, give back what the claim committed, so a
-        part is never left `sending` without a send."""
-        claim = asyncio.ensure_future(self._store.outbox.claim_due(limit=limit, by=self._instance))
+    async def _claim_handed(self) -> None:
+        """Claim the next handed part of each idle session, all in one statement."""
+        free = self._config.outbox_concurrency - len(self._inflight)
+        heads: list[OutboxItem] = []
+        for sid, queue in list(self._handed.items()):
+            if len(heads) >= free:
+                break
+            if not queue:
+                del self._handed[sid]
+            elif sid not in self._busy:
+                heads.append(queue.popleft())
+        if not heads:
+            return
+        claimed = {
+            item.id: item for item in await self._claim(self._store.outbox.claim(heads, by=self._instance))
+        }
+        for head in heads:
+            item = claimed.get(head.id)
+            if item is not None:
+                self._start(item, polled=False)
+            else:
+                # Refused: claimed elsewhere, or an earlier part of its session still waits
+                # (backing off, uncertain). The poll sends the session's parts in order.
+                self._handed.pop(head.session_id, None)
+                self._poll = True
+        for sid in [sid for sid, queue in self._handed.items() if not queue]:
+            del self._handed[sid]
+
+    def _start(self, item: OutboxItem, *, polled: bool) -> None:
+        self._busy.add(item.session_id)
+        task = asyncio.create_task(self._deliver(item, polled), name=f"outbox:{item.id}")
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _claim(self, claiming: Awaitable[list[OutboxItem]]) -> list[OutboxItem]:
+        """Cancelled mid-claim, give back what the claim committed, so a part is never
+        left `sending` without a send."""
+        claim = asyncio.ensure_future(claiming)
         try:
             return await asyncio.shield(claim)
         except asyncio.CancelledError:
@@ -137,6 +191,18 @@ class Outbox:
             task.cancel()
         if self._inflight:
             await asyncio.wait(list(self._inflight), timeout=5)
+        if self._recording:
+            await asyncio.wait(list(self._recording), timeout=5)  # sends that went out get recorded
+
+    async def _record_sent(self, item: OutboxItem, provider_id: str) -> None:
+        """Record a part as sent. The writer merges the records of sends that finish
+        together into one set-wise call; a cancelled sender (shutdown) does not cancel
+        the record of a send that went out."""
+        record = asyncio.ensure_future(self._store.outbox.record_sent(item, provider_id))
+        record.add_done_callback(lambda f: f.cancelled() or f.exception())  # read, even if nobody waits
+        self._recording.add(record)
+        record.add_done_callback(self._recording.discard)
+        await asyncio.shield(record)
 
     def _backoff(self, item: OutboxItem, error: SendFailed) -> float:
         if error.retry_after is not None:
@@ -144,7 +210,18 @@ class Outbox:
         base = self._config.outbox_retry_base_seconds * (2 ** (item.attempts - 1))
         return float(min(base, 300.0) * random.uniform(0.8, 1.2))
 
-    async def _deliver(self, item: OutboxItem) -> None:
+    async def _deliver(self, item: OutboxItem, polled: bool) -> None:
+        try:
+            await self._send(item)
+        finally:
+            self._busy.discard(item.session_id)
+            if polled:
+                # The session's next part may be due now, and only the poll knows it (the
+                # successor of a handed part, if any, was handed too).
+                self._poll = True
+            self._wake.set()
+
+    async def _send(self, item: OutboxItem) -> None:
         outbox = self._store.outbox
         provider = (item.endpoint or "").split(":", 1)[0]
         delivery = self._deliveries.get(provider)
@@ -208,7 +285,7 @@ class Outbox:
                 await outbox.mark_failed(item.id, error.as_json())
         else:
             try:
-                await outbox.mark_sent(item.id, provider_id)
+                await self._record_sent(item, provider_id)
             except Exception:
                 # It went out; only the record failed. The part stays `sending`, which a
                 # restart turns into `uncertain`: settled by its receipt.
@@ -217,4 +294,3 @@ class Outbox:
                     provider_id,
                     extra={"session_id": item.session_id, "message_id": item.message_id},
                 )
-        self.wake()  # the session's next part may go now

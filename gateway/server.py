@@ -145,7 +145,10 @@ def build_services(settings: Settings, env: Mapping[str, str] | None = None) -> 
     leases = service.turns.leases
     instance = leases.owner if isinstance(leases, SharedLeases) else None
     outbox = Outbox(store, deliveries, settings.server, leads=leadership.leads, instance=instance)
-    service.on_outbox = outbox.wake
+    # Every commit that queues parts (a reply, progressive paragraphs, a human message, a
+    # template) hands them to the outbox: `service.on_outbox` stays a no-op, since waking
+    # the outbox without parts would make it poll the table once per reply.
+    store.outbox.on_queued = outbox.wake
     factory.builtins.request_human = service.request_human
     auth = Auth(settings, store, env)
     return Services(
@@ -180,6 +183,20 @@ def turn_leases(settings: Settings, store: Store) -> TurnLeases | None:
         owner,
         ttl_seconds=settings.server.turn_lease_seconds,
         stale=stale_dropper(store.hot.version_of, store.hot.drop),
+    )
+
+
+def provider_http(settings: Settings) -> httpx.AsyncClient:
+    """One pooled client per provider (Graph API, Twilio REST): sends reuse kept-alive
+    connections instead of a TCP (and TLS) handshake per message. The pool holds a
+    connection for each outbox send slot plus the turns' typing calls."""
+    slots = settings.server.outbox_concurrency * 2
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(30.0, connect=10.0),
+        follow_redirects=False,
+        limits=httpx.Limits(
+            max_connections=max(100, slots), max_keepalive_connections=slots, keepalive_expiry=20
+        ),
     )
 
 
@@ -265,16 +282,17 @@ def create_app(
             await asyncio.gather(*workers, return_exceptions=True)
             await rt.bus.disconnect()
             await rt.agents.aclose()
-            await channel_http.aclose()
+            await graph_http.aclose()
+            await twilio_http.aclose()
             await rt.store.close()
             log.info("gateway stopped")
 
-    channel_http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=False)
+    graph_http, twilio_http = provider_http(settings), provider_http(settings)
     # Each component gets only what it uses (no locator): the record `rt` stays here.
     env_ = os.environ if env is None else env
     whatsapp = WhatsAppChannel(
         env_,
-        channel_http,
+        graph_http,
         access=rt.access,
         deliveries=rt.deliveries,
         directory=rt.directory,
@@ -284,7 +302,7 @@ def create_app(
         store=rt.store,
     )
     rt.deliveries[WHATSAPP] = whatsapp
-    twilio = TwilioAccounts(env_, channel_http, directory=rt.directory)
+    twilio = TwilioAccounts(env_, twilio_http, directory=rt.directory)
     voice = TwilioVoice(
         twilio,
         access=rt.access,

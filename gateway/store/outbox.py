@@ -8,12 +8,14 @@ out of order; a status that would move backwards is ignored (and emits nothing).
 from __future__ import annotations
 
 import contextlib
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import exists, literal, or_, select, text, update
+from sqlalchemy import and_, case, exists, func, literal, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from gateway import ids
 from gateway.events import Event, now_ms
@@ -48,6 +50,30 @@ def advances(current: str | None, new: str) -> bool:
     return RANK[new] > RANK.get(current or "queued", 0) or current is None
 
 
+# Parts of one session go out strictly in order: a part may be claimed only when no part
+# of its session is in flight or uncertain, and none queued before it is still waiting.
+_earlier = aliased(OutboxRow)
+_BLOCKED = exists().where(
+    _earlier.session_id == OutboxRow.session_id,
+    _earlier.id != OutboxRow.id,
+    or_(
+        _earlier.status.in_(("sending", "uncertain")),
+        and_(
+            _earlier.status == "pending",
+            or_(
+                _earlier.created_at < OutboxRow.created_at,
+                and_(_earlier.created_at == OutboxRow.created_at, _earlier.part < OutboxRow.part),
+                and_(
+                    _earlier.created_at == OutboxRow.created_at,
+                    _earlier.part == OutboxRow.part,
+                    _earlier.id < OutboxRow.id,
+                ),
+            ),
+        ),
+    ),
+)
+
+
 class OutboxQueries:
     """`store.outbox`: shares the store's engine, write lock and event log."""
 
@@ -58,6 +84,7 @@ class OutboxQueries:
         # The seam to the sender: called after a commit that queued parts, with those parts
         # (in commit order), so a sender need not poll for them.
         self.on_queued: Callable[[list[OutboxItem]], None] | None = None
+        self._sent = _SentGroup(self)
 
     def queued_rows(
         self,
@@ -173,45 +200,46 @@ class OutboxQueries:
                 )
             )
             fresh = [p for p, key in zip(parts, wanted, strict=True) if key not in known]
-            s.add_all(
-                self._outbox_rows(
-                    channel=row.channel,
-                    agent_id=row.agent_id,
-                    session_id=session_id,
-                    message_id=message_id,
-                    parts=fresh,
-                    now=now,
-                )
+            rows = self._outbox_rows(
+                channel=row.channel,
+                agent_id=row.agent_id,
+                session_id=session_id,
+                message_id=message_id,
+                parts=fresh,
+                now=now,
             )
+            s.add_all(rows)
+            # Handed to the sender after the commit, like a reply's parts: no poll needed.
+            self.after_queued(s, [{c: getattr(r, c) for c in _HANDED} for r in rows], row.endpoint)
             return await self._append(s, events)
 
         return await self._writer.run(job, urgent=True)
 
     async def claim_due(self, limit: int = 32, *, by: str | None = None) -> list[OutboxItem]:
-        """Claim the next part of each session whose turn to send has come.
+        """Claim the next part of each session whose turn to send has come (the poll).
 
         Parts of one session go strictly in order, one at a time: a session with a
         part in flight, or whose oldest pending part is still backing off, waits.
-        The claim is committed before the provider is called.
+        Candidates are read outside the writer, then claimed by `claim`'s conditional
+        UPDATE, which re-checks all of that: a part another claimer took meanwhile (the
+        hand-off, another process) is simply not claimed here.
         """
         now = now_ms()
-        async with self._read() as r:  # most wake-ups find nothing due: skip the writer lock then
+        async with self._read() as r:  # most wake-ups find nothing due: one cheap query then
             due = await r.scalar(
                 select(OutboxRow.id)
                 .where(OutboxRow.status == "pending", OutboxRow.next_attempt_at <= now)
                 .limit(1)
             )
-        if due is None:
-            return []
-
-        async def job(s: AsyncSession) -> list[OutboxItem]:
+            if due is None:
+                return []
             busy = set(
-                await s.scalars(
+                await r.scalars(
                     select(OutboxRow.session_id).where(OutboxRow.status.in_(("sending", "uncertain")))
                 )
             )
             rows = (
-                await s.scalars(
+                await r.scalars(
                     select(OutboxRow)
                     .where(OutboxRow.status == "pending")
                     .order_by(OutboxRow.created_at, OutboxRow.part, OutboxRow.id)
@@ -219,24 +247,57 @@ class OutboxQueries:
                 )
             ).all()
             seen: set[str] = set()
-            claimed: list[OutboxRow] = []
+            heads: list[OutboxRow] = []
             for row in rows:
                 if row.session_id in seen or row.session_id in busy:
                     continue
                 seen.add(row.session_id)
                 if row.next_attempt_at <= now:
-                    row.status, row.attempts, row.updated_at = "sending", row.attempts + 1, now
-                    row.claimed_by = by
-                    claimed.append(row)
-                    if len(claimed) >= limit:
+                    heads.append(row)
+                    if len(heads) >= limit:
                         break
-            endpoints = {}
-            for row in claimed:
-                if row.session_id not in endpoints:
-                    endpoints[row.session_id] = (await s.get_one(SessionRow, row.session_id)).endpoint
-            return [_item(r, endpoints[r.session_id]) for r in claimed]
+            if not heads:
+                return []
+            found = await r.execute(
+                select(SessionRow.id, SessionRow.endpoint).where(
+                    SessionRow.id.in_({h.session_id for h in heads})
+                )
+            )
+            endpoints: dict[str, str | None] = {sid: endpoint for sid, endpoint in found}
+        return await self.claim([_item(h, endpoints.get(h.session_id)) for h in heads], by=by)
 
-        return await self._writer.run(job, urgent=True)
+    async def claim(self, items: Sequence[OutboxItem], *, by: str | None = None) -> list[OutboxItem]:
+        """Claim parts (handed over by the commit that queued them, or found by the poll):
+        one UPDATE, no SELECT.
+
+        Each part is claimed only if it is still pending and due and its session's order
+        allows it (`_BLOCKED`); the claim is committed before the provider is called. A
+        part not claimed here (another claimer took it, or an earlier part of its session
+        waits) is left to `claim_due`. A variant for several processes on PostgreSQL may
+        add `FOR UPDATE SKIP LOCKED` to skip rows another claimer holds instead of waiting.
+        """
+        if not items:
+            return []
+        now = now_ms()
+        wanted = [i.id for i in items]
+
+        async def job(s: AsyncSession) -> dict[str, int]:
+            result = await s.execute(
+                update(OutboxRow)
+                .where(
+                    OutboxRow.id.in_(wanted),
+                    OutboxRow.status == "pending",
+                    OutboxRow.next_attempt_at <= now,
+                    ~_BLOCKED,
+                )
+                .values(status="sending", attempts=OutboxRow.attempts + 1, updated_at=now, claimed_by=by)
+                .returning(OutboxRow.id, OutboxRow.attempts)
+                .execution_options(synchronize_session=False)
+            )
+            return {row.id: row.attempts for row in result}
+
+        attempts = await self._writer.run(job, urgent=True)
+        return [replace(i, attempts=attempts[i.id]) for i in items if i.id in attempts]
 
     async def release(self, outbox_ids: Sequence[str]) -> None:
         """Give back claimed parts whose send never started (a claim cut by shutdown)."""
@@ -256,12 +317,44 @@ class OutboxQueries:
         now = now_ms()
 
         async def job(s: AsyncSession) -> list[Event]:
-            row = await s.get_one(OutboxRow, outbox_id)
-            row.status, row.provider_message_id, row.updated_at = "sent", provider_message_id, now
-            if not advances(row.delivery, "sent"):
-                return []  # a receipt (delivered, read or failed) overtook the send's own response
-            row.delivery = "sent"
-            return await self._delivery_changed(s, row, "sent", None)
+            # One UPDATE when the part had no receipt yet (the usual case) ...
+            changed = (
+                await s.execute(
+                    update(OutboxRow)
+                    .where(OutboxRow.id == outbox_id, OutboxRow.delivery.is_(None))
+                    .values(
+                        status="sent",
+                        provider_message_id=provider_message_id,
+                        delivery="sent",
+                        updated_at=now,
+                    )
+                    .returning(*_CHANGED)
+                    .execution_options(synchronize_session=False)
+                )
+            ).first()
+            if changed is None:
+                # ... else a receipt (delivered, read or failed) overtook the send's own
+                # response: record the id, keep the receipt's status, emit nothing.
+                await s.execute(
+                    update(OutboxRow)
+                    .where(OutboxRow.id == outbox_id)
+                    .values(status="sent", provider_message_id=provider_message_id, updated_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+                return []
+            return await self._delivery_changed(s, changed, "sent", None)
+
+        return await self._writer.run(job, urgent=True)
+
+    async def record_sent(self, item: OutboxItem, provider_message_id: str) -> list[Event]:
+        """The outbox's `mark_sent`: parts whose sends finish while the writer is busy are
+        recorded together, merged into one set-wise call (`mark_sent_many`)."""
+        (events,) = await self._writer.run_grouped(self._sent, [(item, provider_message_id)], urgent=True)
+        return events
+
+    async def mark_sent_many(self, sent: Sequence[tuple[OutboxItem, str]]) -> list[Event]:
+        async def job(s: AsyncSession) -> list[Event]:
+            return [e for events in await self._sent.run_many(s, sent) for e in events]
 
         return await self._writer.run(job, urgent=True)
 
@@ -271,10 +364,12 @@ class OutboxQueries:
 
     async def mark_retry(self, outbox_id: str, at: int, error: dict[str, Any]) -> None:
         async def job(s: AsyncSession) -> None:
-            row = await s.get_one(OutboxRow, outbox_id)
-            if row.status != "sending":
-                return
-            row.status, row.next_attempt_at, row.last_error, row.updated_at = "pending", at, error, now_ms()
+            await s.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id == outbox_id, OutboxRow.status == "sending")
+                .values(status="pending", next_attempt_at=at, last_error=error, updated_at=now_ms())
+                .execution_options(synchronize_session=False)
+            )
 
         return await self._writer.run(job, urgent=True)
 
@@ -282,25 +377,29 @@ class OutboxQueries:
         now = now_ms()
 
         async def job(s: AsyncSession) -> None:
-            row = await s.get_one(OutboxRow, outbox_id)
-            if row.status != "sending":
-                return
-            row.status, row.next_attempt_at, row.last_error, row.updated_at = (
-                "uncertain",
-                now + grace_ms,
-                error,
-                now,
+            await s.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id == outbox_id, OutboxRow.status == "sending")
+                .values(status="uncertain", next_attempt_at=now + grace_ms, last_error=error, updated_at=now)
+                .execution_options(synchronize_session=False)
             )
 
         return await self._writer.run(job, urgent=True)
 
     async def mark_failed(self, outbox_id: str, error: dict[str, Any]) -> list[Event]:
         async def job(s: AsyncSession) -> list[Event]:
-            row = await s.get_one(OutboxRow, outbox_id)
-            if row.status != "sending":
+            changed = (
+                await s.execute(
+                    update(OutboxRow)
+                    .where(OutboxRow.id == outbox_id, OutboxRow.status == "sending")
+                    .values(status="failed", delivery=FINAL, last_error=error, updated_at=now_ms())
+                    .returning(*_CHANGED)
+                    .execution_options(synchronize_session=False)
+                )
+            ).first()
+            if changed is None:
                 return []
-            row.status, row.delivery, row.last_error, row.updated_at = "failed", FINAL, error, now_ms()
-            return await self._delivery_changed(s, row, FINAL, error)
+            return await self._delivery_changed(s, changed, FINAL, error)
 
         return await self._writer.run(job, urgent=True)
 
@@ -354,6 +453,14 @@ class OutboxQueries:
         duplicate is better than a lost reply). A part out of attempts fails instead.
         """
         now = now_ms()
+        async with self._read() as r:  # checked every second, usually none: no writer job then
+            expired = await r.scalar(
+                select(OutboxRow.id)
+                .where(OutboxRow.status == "uncertain", OutboxRow.next_attempt_at <= now)
+                .limit(1)
+            )
+        if expired is None:
+            return []
 
         async def job(s: AsyncSession) -> list[Event]:
             events: list[Event] = []
@@ -444,21 +551,32 @@ class OutboxQueries:
             ]
 
     async def _delivery_changed(
-        self, s: AsyncSession, row: OutboxRow, status: str, error: dict[str, Any] | None
+        self, s: AsyncSession, row: Any, status: str, error: dict[str, Any] | None
     ) -> list[Event]:
-        """Update the message's overall status (its least advanced part) and emit `message.status`."""
-        siblings = (await s.scalars(select(OutboxRow).where(OutboxRow.message_id == row.message_id))).all()
-        states = [r.delivery for r in siblings]
-        overall = (
-            FINAL if FINAL in states else min((x or "queued" for x in states), key=lambda x: RANK.get(x, 0))
+        """Update the message's overall status (its least advanced part) and emit `message.status`.
+
+        `row` is an `OutboxRow` or a row of `_CHANGED`. A message of one part needs no
+        look at its siblings: its status is that part's.
+        """
+        if row.parts == 1:
+            states: list[str | None] = [status]
+        else:
+            states = list(
+                await s.scalars(select(OutboxRow.delivery).where(OutboxRow.message_id == row.message_id))
+            )
+        values: dict[str, Any] = {"status": _overall(states)}
+        if error is not None:
+            values["error"] = error
+        if row.part == 0 and row.provider_message_id:
+            values["provider_message_id"] = func.coalesce(
+                MessageRow.provider_message_id, row.provider_message_id
+            )
+        await s.execute(
+            update(MessageRow)
+            .where(MessageRow.id == row.message_id)
+            .values(**values)
+            .execution_options(synchronize_session=False)
         )
-        message = await s.get(MessageRow, row.message_id)
-        if message is not None:
-            message.status = overall
-            if error is not None:
-                message.error = error
-            if message.provider_message_id is None and row.provider_message_id and row.part == 0:
-                message.provider_message_id = row.provider_message_id
         data: dict[str, Any] = {
             "messageId": row.message_id,
             "providerMessageId": row.provider_message_id,
@@ -476,6 +594,121 @@ class OutboxQueries:
             data=data,
         )
         return await self._append(s, [event])
+
+
+class _SentGroup:
+    """Parts that went out, recorded set-wise (the writer merges queued `record_sent`s).
+
+    At most four statements whatever their number: one UPDATE of the parts that had no
+    receipt yet (RETURNING which), one for those a receipt overtook (rare: the id is
+    recorded, the receipt's status kept, nothing emitted), the siblings of messages of
+    several parts, one UPDATE of the messages, one INSERT of the events.
+    """
+
+    def __init__(self, queries: OutboxQueries) -> None:
+        self._queries = queries
+
+    async def run_many(self, s: AsyncSession, sent: Sequence[tuple[OutboxItem, str]]) -> list[list[Event]]:
+        if not sent:
+            return []
+        now = now_ms()
+        ids_ = {item.id: pid for item, pid in sent}
+        provider_id = case(ids_, value=OutboxRow.id)
+        advanced = set(
+            await s.scalars(
+                update(OutboxRow)
+                .where(OutboxRow.id.in_(list(ids_)), OutboxRow.delivery.is_(None))
+                .values(status="sent", provider_message_id=provider_id, delivery="sent", updated_at=now)
+                .returning(OutboxRow.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        overtaken = [i for i in ids_ if i not in advanced]
+        if overtaken:
+            await s.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id.in_(overtaken))
+                .values(status="sent", provider_message_id=provider_id, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        changed = [(item, pid) for item, pid in sent if item.id in advanced]
+        if not changed:
+            return [[] for _ in sent]
+        several = {item.message_id for item, _ in changed if item.parts != 1}
+        states: dict[str, list[str | None]] = defaultdict(list)
+        if several:
+            rows = await s.execute(
+                select(OutboxRow.message_id, OutboxRow.delivery).where(OutboxRow.message_id.in_(several))
+            )
+            for message_id, delivery in rows:
+                states[message_id].append(delivery)
+        overall = {
+            item.message_id: _overall(states[item.message_id]) if item.parts != 1 else "sent"
+            for item, _ in changed
+        }
+        first = {item.message_id: pid for item, pid in changed if item.part == 0}
+        values: dict[str, Any] = {"status": case(overall, value=MessageRow.id)}
+        if first:
+            values["provider_message_id"] = func.coalesce(
+                MessageRow.provider_message_id, case(first, value=MessageRow.id, else_=None)
+            )
+        await s.execute(
+            update(MessageRow)
+            .where(MessageRow.id.in_(list(overall)))
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        stored = await self._queries._append(
+            s,
+            [
+                Event(
+                    type=EventType.MESSAGE_STATUS,
+                    agent=item.agent_id,
+                    session_id=item.session_id,
+                    channel=item.channel,
+                    data={
+                        "messageId": item.message_id,
+                        "providerMessageId": pid,
+                        "status": "sent",
+                        "part": item.part,
+                        "parts": item.parts,
+                    },
+                )
+                for item, pid in changed
+            ],
+        )
+        by_id = {item.id: event for (item, _), event in zip(changed, stored, strict=True)}
+        return [[by_id[item.id]] if item.id in by_id else [] for item, _ in sent]
+
+
+def _overall(states: Sequence[str | None]) -> str:
+    """A message's status from its parts': failed if one failed, else the least advanced."""
+    return FINAL if FINAL in states else min((x or "queued" for x in states), key=lambda x: RANK.get(x, 0))
+
+
+# What `after_queued` reads of a queued row.
+_HANDED = (
+    "id",
+    "idempotency_key",
+    "channel",
+    "agent_id",
+    "session_id",
+    "message_id",
+    "part",
+    "parts",
+    "payload",
+)
+
+# What `_delivery_changed` needs of a part, returned by the UPDATE that changed it.
+_CHANGED = (
+    OutboxRow.message_id,
+    OutboxRow.session_id,
+    OutboxRow.agent_id,
+    OutboxRow.channel,
+    OutboxRow.part,
+    OutboxRow.parts,
+    OutboxRow.provider_message_id,
+)
 
 
 def _item(r: OutboxRow, endpoint: str | None) -> OutboxItem:
