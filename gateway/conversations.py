@@ -122,12 +122,6 @@ class ConversationService(Takeover, Replies, Observations):
         )
         return session
 
-    async def session(self, session_id: str) -> SessionRecord:
-        session = await self.store.session(session_id)
-        if session is None:
-            raise NotFound(f"no session {session_id!r}", code="unknown_session")
-        return session
-
     async def receive(self, message: InboundMessage) -> Ingested:
         """Store a user message (durably, with its event), then schedule the turn."""
         self.directory.get(message.agent)

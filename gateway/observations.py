@@ -14,20 +14,18 @@ from typing import Any
 
 from gateway import ids
 from gateway.events import Event
+from gateway.session_lookup import SessionLookup
 from gateway.store.outbox import OutboxPart
 from gateway.store.records import SessionRecord
 from gateway.store.sql import NewMessage, Store
 from gateway.types import EventType
 
 
-class Observations:
+class Observations(SessionLookup):
     """The observations half of `ConversationService` (which sets these attributes)."""
 
     store: Store
     on_outbox: Callable[[], None]
-
-    async def session(self, session_id: str) -> SessionRecord:
-        raise NotImplementedError  # ConversationService.session
 
     async def record_events(self, events: Sequence[Event]) -> list[Event]:
         """Events a channel observed (a delivery problem, a call's progress, a process that

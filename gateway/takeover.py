@@ -17,6 +17,7 @@ from gateway.delivery import Delivery, Template, provider_of
 from gateway.directory import AgentDirectory
 from gateway.errors import Conflict, NotFound
 from gateway.events import Event, now_ms
+from gateway.session_lookup import SessionLookup
 from gateway.store.outbox import OutboxPart
 from gateway.store.records import SessionRecord
 from gateway.store.sql import NewMessage, Store
@@ -24,7 +25,7 @@ from gateway.turns import TurnRunner
 from gateway.types import EventType
 
 
-class Takeover:
+class Takeover(SessionLookup):
     """The takeover half of `ConversationService` (which sets these attributes)."""
 
     store: Store
@@ -33,9 +34,6 @@ class Takeover:
     turns: TurnRunner
     deliveries: Mapping[str, Delivery]
     on_outbox: Callable[[], None]
-
-    async def session(self, session_id: str) -> SessionRecord:
-        raise NotImplementedError  # ConversationService.session
 
     async def set_paused(
         self,
