@@ -13,15 +13,19 @@ to the bus after the commit, in `seq` order: store first, then publish.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import Table, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway import ids
 from gateway.events import ContactRef, Event, now_ms
+from gateway.store.db import sqlite_path
 from gateway.store.hot import HotSessions
 from gateway.store.models import (
     AgentRow,
@@ -38,13 +42,51 @@ from gateway.store.rows import (
     _session_row,
     _tenant_of,
 )
+from gateway.store.sqlite_writer import create_write_engine
 from gateway.store.writer import Writer, after_commit, lock_event_log
 from gateway.types import Channel
+
+log = logging.getLogger("gateway.store")
+EVENTS = cast(Table, EventRow.__table__)  # Core: an executemany, without the ORM bulk machinery
 
 if TYPE_CHECKING:
     from gateway.store.ingest import _IngestGroup
     from gateway.store.outbox import OutboxQueries
     from gateway.store.pricing import PricingQueries
+
+
+class _Checkpoints:
+    """SQLite: WAL checkpoints on aiosqlite's thread, at most one a second, after writes.
+
+    The writer's own connection has automatic checkpoints off: one syncs the WAL and the
+    database file, which must not happen on the event loop (gateway/store/sqlite_writer.py).
+    """
+
+    INTERVAL = 1.0
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._last = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def due(self) -> None:
+        now = time.monotonic()
+        if now - self._last < self.INTERVAL or (self._task is not None and not self._task.done()):
+            return
+        self._last = now
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="sqlite-checkpoint")
+
+    async def _run(self) -> None:
+        try:
+            async with self._engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        except Exception:  # the next one catches up; a write never waits for this
+            log.warning("a SQLite checkpoint failed", exc_info=True)
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            await asyncio.gather(task, return_exceptions=True)
 
 
 class StoreCore:
@@ -60,7 +102,21 @@ class StoreCore:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._pg = engine.dialect.name == "postgresql"
-        self._writer = Writer(self._sessions, postgres=self._pg, on_commit=on_commit)
+        # SQLite file: the writer runs its statements on the loop through sqlite3, not
+        # aiosqlite's thread (gateway/store/sqlite_writer.py); reads stay on aiosqlite.
+        self._write_engine: AsyncEngine | None = None
+        self._checkpoints = _Checkpoints(engine)
+        if not self._pg and sqlite_path(str(engine.url)) is not None:
+            self._write_engine = create_write_engine(engine.url.render_as_string(hide_password=False))
+        writes = self._sessions
+        if self._write_engine is not None:
+            writes = async_sessionmaker(self._write_engine, expire_on_commit=False)
+        self._writer = Writer(
+            writes,
+            postgres=self._pg,
+            on_commit=on_commit,
+            after_batch=self._checkpoints.due if self._write_engine else None,
+        )
         self.hot = HotSessions()
         # Several instances (set by the composition root): a reply is stored only if every
         # message it answers is still pending, so a turn that outlived its lease (a stalled
@@ -81,6 +137,9 @@ class StoreCore:
 
     async def close(self) -> None:
         await self._writer.close()
+        await self._checkpoints.close()
+        if self._write_engine is not None:
+            await self._write_engine.dispose()
         await self.engine.dispose()
 
     async def ping(self) -> None:
@@ -109,8 +168,17 @@ class StoreCore:
             }
             for e in events
         ]
-        result = await s.execute(insert(EventRow).returning(EventRow.seq, sort_by_parameter_order=True), rows)
-        seqs = list(result.scalars())
+        if self._pg:
+            returning = insert(EventRow).returning(EventRow.seq, sort_by_parameter_order=True)
+            seqs = list((await s.execute(returning, rows)).scalars())
+        else:
+            # SQLite cannot promise RETURNING's order for several rows, so SQLAlchemy would
+            # send one INSERT per event (each ~4 thread hops on aiosqlite). One executemany
+            # instead: the writer holds SQLite's only write lock, so the rows take
+            # consecutive rowids in order, ending at last_insert_rowid().
+            await s.execute(insert(EVENTS), rows)
+            last = int(await s.scalar(text("SELECT last_insert_rowid()")) or 0)
+            seqs = list(range(last - len(rows) + 1, last + 1))
         stored = [e.with_seq(seq) for e, seq in zip(events, seqs, strict=True)]
         s.info.setdefault("events", []).extend(stored)
         return stored

@@ -87,10 +87,12 @@ class Writer:
         postgres: bool,
         on_commit: Callable[[list[Event]], None] | None = None,
         max_batch: int = MAX_BATCH,
+        after_batch: Callable[[], None] | None = None,
     ) -> None:
         self._sessions = sessions
         self._pg = postgres
         self.on_commit = on_commit
+        self._after_batch = after_batch  # upkeep once a batch committed (SQLite checkpoints)
         self._max_batch = max_batch
         self._urgent: deque[_Queued[Any]] = deque()
         self._normal: deque[_Queued[Any]] = deque()
@@ -239,6 +241,10 @@ class Writer:
         for queued in batch:
             if not queued.future.done():
                 queued.future.set_result(queued.result)
+        if self._after_batch is not None:
+            self._after_batch()
+        if self._after_batch is not None:
+            self._after_batch()
 
     async def _transaction(self, batch: list[_Queued[Any]]) -> tuple[list[Event], list[Callable[[], None]]]:
         async with self._sessions.begin() as s:
