@@ -307,22 +307,48 @@ async def drain(url: str, timeout: float) -> dict[str, Any]:
     }
 
 
-def end_to_end(load_result: dict[str, Any], drained: dict[str, Any], sends: int) -> dict[str, Any]:
+def end_to_end(
+    load_result: dict[str, Any], before: dict[str, int], drained: dict[str, Any], sends: int
+) -> dict[str, Any]:
     """Accepted messages answered per second, counting the load and the drain after it.
 
-    Every accepted message must have had its echo reply accepted by the fake Graph API
-    (`sends`: the fake's send count over the phase; one part per reply here).
+    Every accepted message must be answered: stored (the 200 says so) and no longer
+    pending, and every reply part the gateway queued for them must have been accepted by
+    the fake Graph API. One turn answers all of a contact's messages that are pending when
+    it starts, so under load a reply often answers several messages: the check counts
+    messages answered, not replies (`sends`: the fake's send count over the phase, which
+    must cover every part the gateway recorded as sent; none may have failed).
     """
     accepted = load_result["accepted_total"]
+    after = drained["after"]
+    stored = after["user_messages"] - before["user_messages"]
+    answered = stored - after["pending_messages"]
+    parts = after["outbox_sent"] - before["outbox_sent"]
     span = drained["t_done"] - load_result["t_begin"]
-    answered_all = bool(drained["drained"]) and sends >= accepted
+    answered_all = (
+        bool(drained["drained"])
+        and answered >= accepted
+        and after["outbox_failed"] == before["outbox_failed"]
+        and sends >= parts
+    )
     return {
         "accepted": accepted,
-        "answered": sends,
+        "answered": min(answered, accepted),
+        "replies_sent": parts,
         "span_s": span,
         "all_answered": answered_all,
         "per_s": accepted / span if answered_all and span > 0 else float("nan"),
     }
+
+
+async def backlog_at(url: str) -> dict[str, int]:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    try:
+        return await backlog(engine)
+    finally:
+        await engine.dispose()
 
 
 async def measure_bare(p: WebhookParams, log_dir: Path) -> dict[str, Any]:
@@ -369,10 +395,11 @@ async def measure_gateway(p: WebhookParams, log_dir: Path, database_url: str | N
             url = database_url or f"sqlite+aiosqlite:///{gw.db_path}"
             servers = [gw, graph]
             before = await graph_stats(graph)
+            stored_before = await backlog_at(url)
             good = await load(servers, "/whatsapp/webhook", p, concurrency=p.concurrency, seconds=p.seconds)
             after = await drain(url, p.drain_timeout_s)
             sends = (await graph_stats(graph)).get("sends", 0) - before.get("sends", 0)
-            e2e = end_to_end(good, after, sends)
+            e2e = end_to_end(good, stored_before, after, sends)
             c1 = await load(servers, "/whatsapp/webhook", p, concurrency=1, seconds=p.c1_seconds)
             after_c1 = await drain(url, p.drain_timeout_s)
             bad = None
