@@ -20,6 +20,7 @@ class CallControl(Protocol):
         being spoken has been said (for tools called in the middle of a turn)."""
         ...
 
-    def decide(self, call_id: str, accept: bool, reason: str | None, agents: Collection[str]) -> bool:
-        """Answer a `call.ringing` of one of `agents`: True if the call was still waiting."""
+    async def decide(self, call_id: str, accept: bool, reason: str | None, agents: Collection[str]) -> bool:
+        """Answer a `call.ringing` of one of `agents` (ringing here or, with several
+        instances, on the one its webhook reached): True if the call was still waiting."""
         ...

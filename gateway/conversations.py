@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy.exc import NoResultFound
 
 from gateway.bus.facade import Bus
+from gateway.control import Control
 from gateway.delivery import Delivery
 from gateway.directory import AgentDirectory
 from gateway.errors import BadRequest, Conflict, NotFound
@@ -35,7 +36,7 @@ from gateway.settings import Settings
 from gateway.store.records import SessionRecord
 from gateway.store.sql import Ingested, Store
 from gateway.streaming import TokenStream
-from gateway.takeover import Takeover
+from gateway.takeover import STOP_TURN, Takeover
 from gateway.turn_lease import TurnLeases
 from gateway.turns import TurnRunner
 from gateway.types import Channel
@@ -74,8 +75,12 @@ class ConversationService(Takeover, Replies, Observations):
         metrics: Metrics,
         deliveries: Mapping[str, Delivery] | None = None,
         leases: TurnLeases | None = None,
+        control: Control | None = None,
     ) -> None:
         self.settings = settings
+        # Several instances: a running turn may live in another process (gateway/control.py).
+        self.control = control if control is not None else Control(bus, shared=False)
+        self.control.on(STOP_TURN, self.stop_turn_order)
         # Store-and-forward channels by provider (filled by the composition root).
         self.deliveries: Mapping[str, Delivery] = deliveries if deliveries is not None else {}
         self.on_outbox: Callable[[], None] = lambda: None  # wakes the outbox worker
@@ -169,7 +174,7 @@ class ConversationService(Takeover, Replies, Observations):
         *,
         before: Sequence[Event] = (),
     ) -> SessionRecord:
-        self.turns.forget(session_id)
+        self.stop_turn(session_id)
         self.earlier.forget(session_id)
         session, _ = await self.store.end_session(session_id, reason, extra, before)
         if session is None:
@@ -177,7 +182,7 @@ class ConversationService(Takeover, Replies, Observations):
         return session
 
     async def erase_session(self, session_id: str, *, by: str | None = None) -> SessionRecord:
-        self.turns.forget(session_id)
+        self.stop_turn(session_id)
         self.earlier.clear()  # an erased conversation must never come back as someone's history
         session, _ = await self.store.erase_session(session_id, by=by)
         if session is None:

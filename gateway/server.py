@@ -53,6 +53,7 @@ from gateway.auth import Auth, origin_allowed
 from gateway.bus.facade import Bus
 from gateway.bus.fanout import Fanout
 from gateway.calls import CallControl
+from gateway.control import Control
 from gateway.conversations import ConversationService
 from gateway.delivery import Delivery
 from gateway.directory import AgentDirectory
@@ -98,6 +99,7 @@ class Services:
     # The live phone calls (the Twilio voice channel), once the app is composed.
     calls: CallControl | None = None
     placement: Placement | None = None  # several instances (gateway/placement.py)
+    control: Control | None = None  # several instances (gateway/control.py)
     # Set when the server begins to shut down: long-lived connections close cleanly.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -117,7 +119,10 @@ def build_services(settings: Settings, env: Mapping[str, str] | None = None) -> 
     directory = AgentDirectory(settings)
     factory = AgentFactory(ProcessHub(), env)
     deliveries: dict[str, Delivery] = {}
+    # Orders for what lives in another instance's memory: turns, calls (gateway/control.py).
+    control = Control(bus, shared=not settings.server.bus_url.startswith("memory:"))
     service = ConversationService(
+        control=control,
         leases=turn_leases(settings, store),
         settings=settings,
         store=store,
@@ -169,6 +174,7 @@ def build_services(settings: Settings, env: Mapping[str, str] | None = None) -> 
         ),
         leadership=leadership,
         placement=placement,
+        control=control,
     )
 
 
@@ -263,6 +269,8 @@ def create_app(
             workers.append(asyncio.create_task(rt.service.adopt_forever(every), name="turn-adoption"))
         if rt.placement is not None:
             workers.append(asyncio.create_task(rt.placement.serve(), name="turn-placement"))
+        if rt.control is not None:
+            workers.append(asyncio.create_task(rt.control.serve(), name="control"))
         log.info("gateway ready", extra={"agent": ",".join(rt.directory.ids())})
         try:
             yield {"runtime": rt}
@@ -314,6 +322,7 @@ def create_app(
         settings=settings,
         stopping=rt.stopping,
         store=rt.store,
+        remote=rt.control,
     )
     rt.calls = voice
     rt.agents.builtins.call_control = voice.control

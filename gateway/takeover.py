@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway import ids
 from gateway.bus.facade import Bus
+from gateway.control import Control
 from gateway.delivery import Delivery, Template, provider_of
 from gateway.directory import AgentDirectory
 from gateway.errors import Conflict, NotFound
@@ -24,6 +25,8 @@ from gateway.store.sql import NewMessage, Store
 from gateway.turns import TurnRunner
 from gateway.types import EventType
 
+STOP_TURN = "turn.stop"  # a control order (gateway/control.py): cancel the session's running turn
+
 
 class Takeover(SessionLookup):
     """The takeover half of `ConversationService` (which sets these attributes)."""
@@ -34,6 +37,16 @@ class Takeover(SessionLookup):
     turns: TurnRunner
     deliveries: Mapping[str, Delivery]
     on_outbox: Callable[[], None]
+    control: Control
+
+    def stop_turn(self, session_id: str) -> None:
+        """Cancel the session's running turn, in this process or in the one that runs it."""
+        self.turns.forget(session_id)
+        self.control.broadcast(STOP_TURN, session_id)
+
+    async def stop_turn_order(self, session_id: str, _args: Mapping[str, Any]) -> None:
+        """Another instance paused or ended a session whose turn may run here."""
+        self.turns.forget(session_id)
 
     async def set_paused(
         self,
@@ -76,7 +89,7 @@ class Takeover(SessionLookup):
         if paused and cancel_running:
             for sid in changed:
                 # A reply being streamed stops now: the message gets a full AI reply or none.
-                self.turns.forget(sid)
+                self.stop_turn(sid)
         return changed
 
     async def send_human(self, session_id: str, text: str, *, author: str, by: str | None = None) -> str:
@@ -191,6 +204,7 @@ class Takeover(SessionLookup):
         answer to the pending messages; a reply already stored (the model outran the
         speech) is cut down to `spoken`, its full text kept in `meta.fullText`.
         """
+        self.control.broadcast(STOP_TURN, session_id)  # a turn of the call run elsewhere (rare)
         await self.turns.stop(session_id)
         session = await self.session(session_id)
         messages = await self.store.messages(session_id)

@@ -39,6 +39,7 @@ from gateway.api.models import CallControlRequest, CallRequest
 from gateway.api.operation import ApiRoute, parse_body
 from gateway.bus.facade import Bus
 from gateway.calls import CALL_ACTIONS
+from gateway.control import Control
 from gateway.conversations import ConversationService
 from gateway.directory import AgentDirectory
 from gateway.errors import AgentError, BadRequest, Conflict, GatewayError, NotFound, Unauthorized
@@ -65,6 +66,13 @@ END_REASONS = {
 }
 MAX_RECONNECTS = 3
 CALL_CONFIGURED = "call.configured"
+# Control orders (gateway/control.py) for the instance that holds a call.
+CALL_ORDER = "call"
+RINGING = "call.decide"
+PROCESS_HERE = "agent.connected"  # is this agent's process connected to you? (ringing)
+# A caller waits while instances are asked: the answer takes a Redis round trip; silence
+# after this long means no instance has the process (the call is accepted, as alone).
+PRESENCE_SECONDS = 0.5
 CALL_KEY = "call"  # session.meta["call"]: CallSid, numbers, answer time, reconnects, language
 CREATE_CALL_ATTEMPTS = 3
 
@@ -87,7 +95,13 @@ class TwilioVoice:
         settings: Settings,
         stopping: asyncio.Event,
         store: Store,
+        remote: Control | None = None,
     ) -> None:
+        # Several instances: orders for calls whose relay (or ringing) is elsewhere.
+        self.remote = remote if remote is not None else Control(bus, shared=False)
+        self.remote.on(CALL_ORDER, self._call_order)
+        self.remote.on(RINGING, self._ringing_order)
+        self.remote.on(PROCESS_HERE, self._process_order)
         self.access = access
         self.agents = agents
         self.bus = bus
@@ -243,7 +257,7 @@ class TwilioVoice:
         self, agent_id: str, call_sid: str, caller: str, called: str
     ) -> tuple[bool, str | None]:
         """`call.ringing`: a connected agent process may accept or reject; silence accepts."""
-        if self.agents.hub.current(agent_id) is None:
+        if self.agents.hub.current(agent_id) is None and not await self._process_elsewhere(agent_id):
             return True, None  # nobody to ask: auto-accept at once
         future: asyncio.Future[tuple[bool, str | None]] = asyncio.get_running_loop().create_future()
         self._ringing[call_sid] = (agent_id, future)
@@ -273,12 +287,45 @@ class TwilioVoice:
             )
         return accepted, reason
 
-    def decide(self, call_id: str, accept: bool, reason: str | None, agents: Collection[str]) -> bool:
+    async def decide(self, call_id: str, accept: bool, reason: str | None, agents: Collection[str]) -> bool:
+        if self._decide_here(call_id, accept, reason, agents):
+            return True
+        # Several instances: the call may be ringing on the one its webhook reached.
+        args = {"accept": accept, "reason": reason, "agents": sorted(agents)}
+        return await self.remote.ask(RINGING, call_id, args) is not None
+
+    def _decide_here(self, call_id: str, accept: bool, reason: str | None, agents: Collection[str]) -> bool:
         agent_id, future = self._ringing.get(call_id, ("", None))
         if future is None or future.done() or agent_id not in agents:
             return False
         future.set_result((accept, reason))
         return True
+
+    async def _process_elsewhere(self, agent_id: str) -> bool:
+        """Several instances: is the agent's process connected to another instance?"""
+        return await self.remote.ask(PROCESS_HERE, agent_id, wait_seconds=PRESENCE_SECONDS) is not None
+
+    async def _process_order(self, agent_id: str, _args: dict[str, Any]) -> dict[str, Any] | None:
+        return {} if self.agents.hub.current(agent_id) is not None else None
+
+    async def _ringing_order(self, call_id: str, args: dict[str, Any]) -> dict[str, Any] | None:
+        """Another instance's agent process answered a call ringing here (gateway/control.py)."""
+        agents = [a for a in args.get("agents") or () if isinstance(a, str)]
+        reason = args.get("reason") if isinstance(args.get("reason"), str) else None
+        return {} if self._decide_here(call_id, args.get("accept") is True, reason, agents) else None
+
+    async def _call_order(self, session_id: str, args: dict[str, Any]) -> dict[str, Any] | None:
+        """Another instance was asked to steer a call whose relay socket is here."""
+        if session_id not in self.live:
+            return None
+        action, clean = str(args.get("action")), args.get("args")
+        return await self.control(
+            session_id,
+            action,
+            clean if isinstance(clean, dict) else {},
+            after_reply=args.get("after_reply") is True,
+            here=True,
+        )
 
     async def action(self, request: Request) -> Response:
         """Twilio asks what to do once the relay session is over."""
@@ -527,7 +574,13 @@ class TwilioVoice:
     # ------------------------------------------------------- call control
 
     async def control(
-        self, session_id: str, action: str, args: Mapping[str, Any], *, after_reply: bool = False
+        self,
+        session_id: str,
+        action: str,
+        args: Mapping[str, Any],
+        *,
+        after_reply: bool = False,
+        here: bool = False,
     ) -> dict[str, Any]:
         if action not in CALL_ACTIONS:
             raise BadRequest(f"unknown call action {action!r}", code="unknown_action")
@@ -538,6 +591,12 @@ class TwilioVoice:
             raise Conflict(f"call {session_id} has ended", code="session_ended")
         conn = self.live.get(session_id)
         clean = _check_args(action, args)
+        if conn is None and not here:
+            # Several instances: the relay socket may be on another one; it acts there.
+            order = {"action": action, "args": dict(clean), "after_reply": after_reply}
+            answer = await self.remote.ask(CALL_ORDER, session_id, order)
+            if answer is not None:
+                return answer
         if after_reply and conn is not None and action in ("hangup", "forward"):
             conn.after_reply = (action, clean)
             return {"sessionId": session_id, "action": action, "status": "after_reply"}

@@ -467,7 +467,7 @@ class AgentConnection:
             reason = frame.get("reason")
             if reason is not None and reason not in ("busy", "rejected"):
                 raise FrameError("invalid_frame", "`reason` must be 'busy' or 'rejected'")
-            if not calls.decide(call_id, kind == "call.accept", reason, self.agents):
+            if not await calls.decide(call_id, kind == "call.accept", reason, self.agents):
                 raise FrameError("unknown_call", f"call {call_id!r} is not ringing (answered or timed out)")
             await self._ok(request_id)
             return
