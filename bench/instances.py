@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,14 +37,14 @@ import websockets
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from bench.common import ADMIN_KEY, LoadMonitor, free_port, percentile
+from bench.common import ADMIN_KEY, WA_ENV, WA_PNID, LoadMonitor, cpu_seconds, free_port, percentile, running
+from bench.webhook import WebhookParams, backlog_at, drain, end_to_end, graph_stats, load
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def config(path: Path, pg_url: str, bus_url: str) -> Path:
-    path.write_text(
-        f"""[server]
+def config(path: Path, pg_url: str, bus_url: str, graph_url: str | None = None) -> Path:
+    text = f"""[server]
 database_url = "{pg_url}"
 bus_url = "{bus_url}"
 log_json = true
@@ -53,8 +54,32 @@ token_flush_ms = 10
 answer = "echo"
 echo_delay_ms = 0
 """
-    )
+    if graph_url:  # the throughput run: a WhatsApp number on the fake Graph API
+        text += f"""
+[agents.wa]
+answer = "echo"
+echo_delay_ms = 0
+
+[[agents.wa.whatsapp]]
+phone_number_id = "{WA_PNID}"
+access_token_env = "WA_TOKEN"
+app_secret_env = "WA_APP_SECRET"
+verify_token = "v"
+graph_base_url = "{graph_url}"
+graph_version = "v21.0"
+"""
+    path.write_text(text)
     return path
+
+
+class Proc:
+    """A gateway process, for `bench.webhook.load`'s CPU measurement."""
+
+    def __init__(self, kind: str, pid: int) -> None:
+        self.kind, self.pid = kind, pid
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
 
 
 def spawn(
@@ -66,21 +91,30 @@ def spawn(
 
 
 @contextlib.asynccontextmanager
-async def gateways(tmp: Path, pg_url: str, bus_url: str, n: int) -> AsyncIterator[list[str]]:
+async def gateways(
+    tmp: Path,
+    pg_url: str,
+    bus_url: str,
+    n: int,
+    graph_url: str | None = None,
+    procs: list[Proc] | None = None,
+) -> AsyncIterator[list[str]]:
     engine = create_async_engine(pg_url)
     async with engine.begin() as conn:
         await conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
         await conn.execute(text("CREATE SCHEMA public"))
     await engine.dispose()
-    cfg = config(tmp / f"gateway-{n}.toml", pg_url, bus_url)
-    env = {**os.environ, "GATEWAY_ADMIN_KEY": ADMIN_KEY}
-    procs: list[subprocess.Popen[bytes]] = []
+    cfg = config(tmp / f"gateway-{n}.toml", pg_url, bus_url, graph_url)
+    env = {**os.environ, "GATEWAY_ADMIN_KEY": ADMIN_KEY, **WA_ENV}
+    running: list[subprocess.Popen[bytes]] = []
     urls = []
     try:
         for i in range(n):
             port = free_port()
             extra = ["--migrate"] if i == 0 else []
-            procs.append(spawn(cfg, port, tmp / f"gateway-{n}-{i}.log", env, extra))
+            running.append(spawn(cfg, port, tmp / f"gateway-{n}-{i}.log", env, extra))
+            if procs is not None:
+                procs.append(Proc(f"gateway-{i}", running[-1].pid))
             url = f"http://127.0.0.1:{port}"
             async with httpx.AsyncClient() as c, asyncio.timeout(60):
                 while True:
@@ -91,9 +125,9 @@ async def gateways(tmp: Path, pg_url: str, bus_url: str, n: int) -> AsyncIterato
             urls.append(url)
         yield urls
     finally:
-        for p in procs:
+        for p in running:
             p.terminate()
-        for p in procs:
+        for p in running:
             try:
                 p.wait(20)
             except subprocess.TimeoutExpired:
@@ -139,6 +173,10 @@ async def chat(
             await asyncio.sleep(gap)
 
 
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
 def summary(values: list[float]) -> str:
     if not values:
         return "n/a"
@@ -173,9 +211,74 @@ async def run(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return result
 
 
+async def throughput(n: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """Signed WhatsApp webhooks at c=C spread over the instances, answered end to end."""
+    bus = "memory://" if n == 1 else f"{args.redis_url}?channel=bench-{uuid.uuid4().hex}"
+    p = WebhookParams(seconds=args.seconds, concurrency=args.concurrency)
+    async with running("fake_graph", tmp) as graph:
+        procs: list[Proc] = []
+        async with gateways(tmp, args.pg_url, bus, n, graph.url, procs) as urls:
+            ports = [int(u.rsplit(":", 1)[1]) for u in urls]
+            before = await backlog_at(args.pg_url)
+            sends0 = (await graph_stats(graph)).get("sends", 0)
+            good = await load(
+                [*procs, graph],
+                "/whatsapp/webhook",
+                p,
+                concurrency=p.concurrency,
+                seconds=p.seconds,
+                ports=ports,
+            )
+            drained = await drain(args.pg_url, p.drain_timeout_s)
+            sends = (await graph_stats(graph)).get("sends", 0) - sends0
+    e2e = end_to_end(good, before, drained, sends)
+    cores = sum(v for k, v in good["cores"].items() if k.startswith("gateway"))
+    return {
+        "instances": n,
+        "req_per_s": good["req_per_s"],
+        "p50_ms": good["p50_ms"],
+        "p99_ms": good["p99_ms"],
+        "drain_s": drained["drain_s"],
+        "e2e_per_s": e2e["per_s"],
+        "all_answered": e2e["all_answered"],
+        "gateway_cores": cores,
+        "background_cores": good["background_cores"],
+    }
+
+
+def report(results: list[list[dict[str, Any]]], args: argparse.Namespace) -> None:
+    keys = ("req_per_s", "p99_ms", "drain_s", "e2e_per_s", "gateway_cores")
+    medians = [{k: _median([r[k] for r in rs]) for k in keys} for rs in results]
+    c, secs = args.concurrency, args.seconds
+    print(f"throughput: signed webhooks, c={c} for {secs:.0f} s, medians of {args.repeat}")
+    for n, (rs, med) in enumerate(zip(results, medians, strict=True), start=1):
+        label = "1 instance, memory bus" if n == 1 else "2 instances, Redis bus"
+        answered = all(r["all_answered"] for r in rs)
+        background = max(r["background_cores"] for r in rs)
+        print(
+            f"  {label}: {med['req_per_s']:.0f} req/s, p99 {med['p99_ms']:.0f} ms, "
+            f"drain {med['drain_s']:.1f} s, end to end {med['e2e_per_s']:.0f} msg/s, "
+            f"every message answered: {answered}, gateway cores {med['gateway_cores']:.2f}, "
+            f"background {background:.2f}"
+        )
+    one, two = medians
+    print(
+        f"  2 instances / 1: req/s {two['req_per_s'] / one['req_per_s']:.2f}x, "
+        f"end to end {two['e2e_per_s'] / one['e2e_per_s']:.2f}x (target >= 0.9x)"
+    )
+
+
 async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-instances-") as d:
         tmp = Path(d)
+        if args.throughput:
+            results: list[list[dict[str, Any]]] = [[], []]
+            for _ in range(args.repeat):
+                for n in (1, 2):  # alternating, so a drift of the machine hits both alike
+                    results[n - 1].append(await throughput(n, args, tmp))
+            report(results, args)
+            if args.throughput_only:
+                return
         for n in (1, 2):
             r = await run(n, args, tmp)
             label = "1 instance, memory bus" if n == 1 else "2 instances, Redis bus"
@@ -193,7 +296,14 @@ def main() -> None:
     p.add_argument("--chats", type=int, default=4)
     p.add_argument("--messages", type=int, default=50, help="per chat")
     p.add_argument("--gap", type=float, default=0.05, help="seconds between a reply and the next message")
-    asyncio.run(main_async(p.parse_args()))
+    p.add_argument("--throughput", action="store_true", help="also: webhooks at c=C, 1 vs 2 instances")
+    p.add_argument("--throughput-only", action="store_true", help="only the throughput runs")
+    p.add_argument("--concurrency", type=int, default=64, help="throughput: connections (C)")
+    p.add_argument("--seconds", type=float, default=10.0, help="throughput: load window")
+    p.add_argument("--repeat", type=int, default=3, help="throughput: runs of each (medians)")
+    args = p.parse_args()
+    args.throughput = args.throughput or args.throughput_only
+    asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

@@ -173,13 +173,17 @@ async def load(
     concurrency: int,
     seconds: float,
     bad: bool = False,
+    ports: list[int] | None = None,
 ) -> dict[str, Any]:
-    """C closed-loop connections; counts the responses that arrive within the window."""
+    """C closed-loop connections; counts the responses that arrive within the window.
+
+    The connections go to the first server, or round-robin to `ports` (several gateway
+    instances); `servers` are the processes whose CPU is measured."""
     await wait_for_quiet()
-    target = servers[0]
-    bodies = Bodies(path, target.port, p, bad=bad)
+    targets = ports or [servers[0].port]
+    bodies = Bodies(path, targets[0], p, bad=bad)
     monitor = LoadMonitor()
-    conns = [await HttpConn.connect(target.port) for _ in range(concurrency)]
+    conns = [await HttpConn.connect(targets[i % len(targets)]) for i in range(concurrency)]
     want = 401 if bad else 200
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
