@@ -11,9 +11,9 @@ import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import and_, case, exists, func, literal, or_, select, text, update
+from sqlalchemy import Table, and_, bindparam, case, exists, func, literal, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -71,6 +71,43 @@ _BLOCKED = exists().where(
             ),
         ),
     ),
+)
+
+
+# The claim, built once (Core, with bind parameters): built per call through the ORM, the
+# statement cost ~0.6 ms of Python on every send before SQLite or PostgreSQL saw it.
+_OUT = cast(Table, OutboxRow.__table__)
+_E = _OUT.alias("earlier")
+_BLOCKED_CORE = exists().where(
+    _E.c.session_id == _OUT.c.session_id,
+    _E.c.id != _OUT.c.id,
+    or_(
+        _E.c.status.in_(("sending", "uncertain")),
+        and_(
+            _E.c.status == "pending",
+            or_(
+                _E.c.created_at < _OUT.c.created_at,
+                and_(_E.c.created_at == _OUT.c.created_at, _E.c.part < _OUT.c.part),
+                and_(_E.c.created_at == _OUT.c.created_at, _E.c.part == _OUT.c.part, _E.c.id < _OUT.c.id),
+            ),
+        ),
+    ),
+)
+_CLAIM = (
+    update(_OUT)
+    .where(
+        _OUT.c.id.in_(bindparam("ids", expanding=True)),
+        _OUT.c.status == "pending",
+        _OUT.c.next_attempt_at <= bindparam("now"),
+        ~_BLOCKED_CORE,
+    )
+    .values(
+        status="sending",
+        attempts=_OUT.c.attempts + 1,
+        updated_at=bindparam("now"),
+        claimed_by=bindparam("by"),
+    )
+    .returning(_OUT.c.id, _OUT.c.attempts)
 )
 
 
@@ -282,18 +319,7 @@ class OutboxQueries:
         wanted = [i.id for i in items]
 
         async def job(s: AsyncSession) -> dict[str, int]:
-            result = await s.execute(
-                update(OutboxRow)
-                .where(
-                    OutboxRow.id.in_(wanted),
-                    OutboxRow.status == "pending",
-                    OutboxRow.next_attempt_at <= now,
-                    ~_BLOCKED,
-                )
-                .values(status="sending", attempts=OutboxRow.attempts + 1, updated_at=now, claimed_by=by)
-                .returning(OutboxRow.id, OutboxRow.attempts)
-                .execution_options(synchronize_session=False)
-            )
+            result = await s.execute(_CLAIM, {"ids": wanted, "now": now, "by": by})
             return {row.id: row.attempts for row in result}
 
         attempts = await self._writer.run(job, urgent=True)

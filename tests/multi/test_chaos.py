@@ -64,7 +64,9 @@ log_json = true
 
 [agents.support]
 answer = "echo"
-echo_delay_ms = 0
+# A turn takes a moment (an agent thinks), so the kill finds turns in flight: with no
+# delay, on a slow machine every turn could be over at the instant of the kill.
+echo_delay_ms = 200
 
 [[agents.support.whatsapp]]
 phone_number_id = "{PNID}"
