@@ -81,6 +81,11 @@ class Placement:
 
     async def here(self, session_id: str) -> bool:
         """Run this session's turns here? If not, the instance with its process is asked."""
+        if not self._any_process_agent():
+            # The usual deployment: no agent is served by a process, every turn runs where
+            # it is; its session need not be read (another instance's write empties the
+            # hot state, so that read went to the database for most turns).
+            return True
         state = await self._store.turn_state(session_id)
         if state is None:
             return True
@@ -93,6 +98,13 @@ class Placement:
         if waiting and now_ms() - min(waiting) > patience:
             return True  # no process came: run it here, where it fails as in one process
         self._bus.backend.publish(WANTED, wanted_payload(session.agent_id, session_id))
+        return False
+
+    def _any_process_agent(self) -> bool:
+        for agent_id in self._directory.ids():
+            config = self._directory.find(agent_id)
+            if config is not None and config.answer == "process":
+                return True
         return False
 
     async def serve(self) -> None:

@@ -178,14 +178,21 @@ def build_services(settings: Settings, env: Mapping[str, str] | None = None) -> 
     )
 
 
+LEASE_POOL = 8  # connections for turn leases, per instance
+
+
 def turn_leases(settings: Settings, store: Store) -> TurnLeases | None:
     """Several instances (PostgreSQL and a shared bus): who runs a session's turns is a
     lease row (gateway/turn_lease.py). One process: its own runner is enough."""
     if store.engine.dialect.name != "postgresql" or settings.server.bus_url.startswith("memory"):
         return None
     owner = f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(4)}"
+    # Its own small pool, without overflow: a claim per turn through the shared pool made
+    # it open and close a PostgreSQL connection (a server process) per claim under load,
+    # and a renewal could wait behind reads. Lease statements never nest, so claims queue.
+    engine = create_engine(settings.server.database_url, pool_size=LEASE_POOL, max_overflow=0)
     return SharedLeases(
-        store.engine,
+        engine,
         owner,
         ttl_seconds=settings.server.turn_lease_seconds,
         stale=stale_dropper(store.hot.version_of, store.hot.drop),
@@ -285,6 +292,7 @@ def create_app(
             if isinstance(rt.service.turns.leases, SharedLeases):
                 with contextlib.suppress(Exception):  # it expires by itself
                     await rt.service.turns.leases.retire()
+                await rt.service.turns.leases.close()
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)

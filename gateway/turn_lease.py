@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 from sqlalchemy import text
@@ -50,23 +50,28 @@ log = logging.getLogger("gateway.turn_lease")
 
 _NOW = DB_NOW_MS  # the database's clock: every instance compares against the same one
 
+# Claims and releases that queue up while one statement runs go together in the next:
+# one transaction for every turn starting (or ending) at that moment, in session order so
+# two instances claiming overlapping sets lock their rows in the same order.
 _CLAIM = text(
     f"""
     INSERT INTO turn_leases AS l (session_id, owner, expires_at, dirty)
-    VALUES (:sid, :me, {_NOW} + :ttl, false)
+    SELECT sid, :me, {_NOW} + :ttl, false FROM unnest(CAST(:sids AS text[])) AS sid ORDER BY sid
     ON CONFLICT (session_id) DO UPDATE SET
         owner = CASE WHEN l.expires_at < {_NOW} THEN excluded.owner ELSE l.owner END,
         dirty = (l.expires_at >= {_NOW} AND l.owner <> excluded.owner),
         expires_at = CASE WHEN l.expires_at < {_NOW} THEN excluded.expires_at ELSE l.expires_at END
-    RETURNING l.owner, (SELECT version FROM sessions WHERE id = :sid)
+    RETURNING l.session_id, l.owner, (SELECT version FROM sessions WHERE id = l.session_id)
     """
 )
-_LET_GO = text("DELETE FROM turn_leases WHERE session_id = :sid AND owner = :me AND NOT dirty RETURNING 1")
+_LET_GO = text(
+    "DELETE FROM turn_leases WHERE session_id = ANY(:sids) AND owner = :me AND NOT dirty RETURNING session_id"
+)
 _AGAIN = text(
     f"""
     UPDATE turn_leases SET dirty = false, expires_at = {_NOW} + :ttl
-    WHERE session_id = :sid AND owner = :me
-    RETURNING (SELECT version FROM sessions WHERE id = :sid)
+    WHERE session_id = ANY(:sids) AND owner = :me
+    RETURNING session_id, (SELECT version FROM sessions WHERE id = turn_leases.session_id)
     """
 )
 _RENEW = text(
@@ -145,6 +150,8 @@ class SharedLeases:
         self.renewed_at = 0.0
         # A row of its own says this instance is alive (its outbox sends are its own).
         self.instance_key = f"instance:{owner}"
+        self._claims = _Together(self._claim_many)
+        self._releases = _Together(self._release_many)
 
     @property
     def ttl_seconds(self) -> float:
@@ -154,34 +161,61 @@ class SharedLeases:
         return frozenset(self._held)
 
     async def claim(self, session_id: str) -> bool:
+        answer = self._claims.submit(session_id)
+        try:
+            return await asyncio.shield(answer)
+        except asyncio.CancelledError:
+            # The batch goes on without us: a lease it grants is not renewed (it expires by
+            # itself within a lease), as when a claim was cut off after its commit.
+            answer.add_done_callback(lambda f: self._unwanted(session_id, f))
+            raise
+
+    def _unwanted(self, session_id: str, answer: asyncio.Future[bool]) -> None:
+        if not answer.cancelled() and answer.exception() is None and answer.result():
+            self._held.discard(session_id)
+
+    async def _claim_many(self, sids: list[str]) -> dict[str, bool]:
         async with self._engine.begin() as c:
-            row = (
-                await c.execute(_CLAIM, {"sid": session_id, "me": self.owner, "ttl": self._ttl_ms})
-            ).first()
-        if row is None or row[0] != self.owner:
-            return False
-        self._held.add(session_id)
-        self._stale(session_id, None if row[1] is None else int(row[1]))
-        return True
+            rows = (await c.execute(_CLAIM, {"sids": sids, "me": self.owner, "ttl": self._ttl_ms})).all()
+        out = dict.fromkeys(sids, False)
+        for sid, owner, version in rows:
+            if owner == self.owner:
+                out[sid] = True
+                self._held.add(sid)
+                self._stale(sid, None if version is None else int(version))
+        return out
 
     async def release(self, session_id: str) -> bool:
-        params = {"sid": session_id, "me": self.owner, "ttl": self._ttl_ms}
+        return await asyncio.shield(self._releases.submit(session_id))
+
+    async def _release_many(self, sids: list[str]) -> dict[str, bool]:
+        """For each session: True when another process marked it meanwhile (run again)."""
+        params = {"sids": sids, "me": self.owner, "ttl": self._ttl_ms}
         try:
             async with self._engine.begin() as c:
-                if (await c.execute(_LET_GO, params)).first() is not None:
-                    return False
-                again = (await c.execute(_AGAIN, params)).first()
+                gone = {str(r[0]) for r in await c.execute(_LET_GO, params)}
+                rest = [sid for sid in sids if sid not in gone]
+                again = {}
+                if rest:
+                    again = {str(r[0]): r[1] for r in await c.execute(_AGAIN, {**params, "sids": rest})}
         except BaseException:
-            self._held.discard(session_id)  # not renewed any more: it expires by itself
+            self._held.difference_update(sids)  # not renewed any more: they expire by themselves
             raise
-        if again is None:
-            # Expired and taken while we ran (we could not renew it in time): the new owner
-            # read the store when it claimed, so nothing is lost; say so.
-            self._held.discard(session_id)
-            log.warning("turn lease lost while held", extra={"session_id": session_id})
-            return False
-        self._stale(session_id, None if again[0] is None else int(again[0]))
-        return True
+        out: dict[str, bool] = {}
+        for sid in sids:
+            if sid in gone:
+                out[sid] = False
+            elif sid in again:
+                version = again[sid]
+                self._stale(sid, None if version is None else int(version))
+                out[sid] = True
+            else:
+                # Expired and taken while we ran (we could not renew it in time): the new
+                # owner read the store when it claimed, so nothing is lost; say so.
+                self._held.discard(sid)
+                log.warning("turn lease lost while held", extra={"session_id": sid})
+                out[sid] = False
+        return out
 
     def forget(self, session_id: str) -> None:
         self._held.discard(session_id)
@@ -197,6 +231,9 @@ class SharedLeases:
         self._held = {self.instance_key} & self._held
         async with self._engine.begin() as c:
             await c.execute(_DROP_ALL, {"me": self.owner, "keep": self.instance_key})
+
+    async def close(self) -> None:
+        await self._engine.dispose()
 
     async def retire(self) -> None:
         """The very end of a shutdown (the outbox stopped): this instance is gone."""
@@ -234,6 +271,41 @@ class SharedLeases:
             except Exception as exc:
                 log.warning("could not renew turn leases: %r", exc)
             await asyncio.sleep(self._ttl_ms / 3000)
+
+
+class _Together:
+    """Questions about sessions that queue up while one statement runs are answered by the
+    next, together: `submit(sid)` is the answer of the batch that carries it."""
+
+    def __init__(self, run: Callable[[list[str]], Awaitable[dict[str, bool]]]) -> None:
+        self._run = run
+        self._queued: dict[str, list[asyncio.Future[bool]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def submit(self, session_id: str) -> asyncio.Future[bool]:
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queued.setdefault(session_id, []).append(waiter)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+        return waiter
+
+    async def _drain(self) -> None:
+        while self._queued:
+            batch, self._queued = self._queued, {}
+            try:
+                answers = await self._run(sorted(batch))
+            except BaseException as exc:
+                for waiters in batch.values():
+                    for w in waiters:
+                        if not w.done():
+                            w.set_exception(exc if isinstance(exc, Exception) else RuntimeError("stopped"))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for sid, waiters in batch.items():
+                for w in waiters:
+                    if not w.done():
+                        w.set_result(answers.get(sid, False))
 
 
 def stale_dropper(
