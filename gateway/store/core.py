@@ -135,6 +135,11 @@ class StoreCore:
     def writer(self) -> Writer:
         return self._writer
 
+    @property
+    def write_engine(self) -> AsyncEngine:
+        """The engine the writer commits through (on a SQLite file, not `engine`)."""
+        return self._write_engine or self.engine
+
     async def close(self) -> None:
         await self._writer.close()
         await self._checkpoints.close()
@@ -168,14 +173,14 @@ class StoreCore:
             }
             for e in events
         ]
-        if self._pg:
+        if self._pg or len(rows) == 1:
             returning = insert(EventRow).returning(EventRow.seq, sort_by_parameter_order=True)
             seqs = list((await s.execute(returning, rows)).scalars())
         else:
-            # SQLite cannot promise RETURNING's order for several rows, so SQLAlchemy would
-            # send one INSERT per event (each ~4 thread hops on aiosqlite). One executemany
-            # instead: the writer holds SQLite's only write lock, so the rows take
-            # consecutive rowids in order, ending at last_insert_rowid().
+            # Several rows: SQLite cannot promise RETURNING's order, so SQLAlchemy would send
+            # one INSERT per event. One executemany instead: the writer holds SQLite's only
+            # write lock, so the rows take consecutive rowids in order, ending at
+            # last_insert_rowid().
             await s.execute(insert(EVENTS), rows)
             last = int(await s.scalar(text("SELECT last_insert_rowid()")) or 0)
             seqs = list(range(last - len(rows) + 1, last + 1))

@@ -41,8 +41,11 @@ async def test_statements_per_message_answered_by_echo_stay_within_budget(sqlite
             def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
                 statements.append(statement)
 
-            engine = g.runtime.store.engine.sync_engine
-            event.listen(engine, "before_cursor_execute", count)
+            store = g.runtime.store
+            # Reads, and the writer's own connection (on SQLite a second engine).
+            engines = {id(e): e.sync_engine for e in (store.engine, store.write_engine)}.values()
+            for engine in engines:
+                event.listen(engine, "before_cursor_execute", count)
             try:
                 costs = []
                 for n in range(2):
@@ -58,7 +61,8 @@ async def test_statements_per_message_answered_by_echo_stay_within_budget(sqlite
                     await asyncio.sleep(0.3)  # the reply's outbox outcome is recorded
                     costs.append(len(statements))
             finally:
-                event.remove(engine, "before_cursor_execute", count)
+                for engine in engines:
+                    event.remove(engine, "before_cursor_execute", count)
     new_contact, same_session = costs
     print(f"\nstatements per message: new contact {new_contact}, same session {same_session}")
     assert new_contact <= BUDGET_NEW_CONTACT, new_contact
