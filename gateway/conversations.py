@@ -49,7 +49,7 @@ log = logging.getLogger("gateway.conversations")
 # life waiting on the agent, so many may run; but if a burst's hundreds of turns all read
 # at once, every one waits on the pool behind all the others and no reply is ready until
 # the whole burst has read. A small gate lets the first turns reply (and send) first.
-READING_TURNS = 16
+READING_TURNS = 8
 
 
 def check_text(text: object, limit: int) -> str:

@@ -61,7 +61,10 @@ def create_engine(url: str, *, pool_size: int = 10, max_overflow: int | None = N
         pool_size=pool_size,
         max_overflow=pool_size if max_overflow is None else max_overflow,
         pool_pre_ping=True,
-        connect_args={"timeout": CONNECT_TIMEOUT_SECONDS},
+        # asyncpg prepares each distinct statement once per connection and keeps 100; the
+        # set-wise statements differ by the length of their IN lists, so 100 thrashed
+        # (a prepare is a round trip and a parse on the server) under load.
+        connect_args={"timeout": CONNECT_TIMEOUT_SECONDS, "prepared_statement_cache_size": 1000},
     )
 
 
