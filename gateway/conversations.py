@@ -30,7 +30,7 @@ from gateway.events import ContactRef, Event, InboundMessage
 from gateway.fairness import TenantGate
 from gateway.history import EarlierConversations
 from gateway.metrics import Metrics
-from gateway.observations import Observations
+from gateway.observations import AGENT_DECLARED, Observations
 from gateway.replies import AgentFactory, Replies
 from gateway.settings import Settings
 from gateway.store.records import SessionRecord
@@ -81,6 +81,7 @@ class ConversationService(Takeover, Replies, Observations):
         # Several instances: a running turn may live in another process (gateway/control.py).
         self.control = control if control is not None else Control(bus, shared=False)
         self.control.on(STOP_TURN, self.stop_turn_order)
+        self.control.on(AGENT_DECLARED, self.agent_declared_order)
         # Store-and-forward channels by provider (filled by the composition root).
         self.deliveries: Mapping[str, Delivery] = deliveries if deliveries is not None else {}
         self.on_outbox: Callable[[], None] = lambda: None  # wakes the outbox worker

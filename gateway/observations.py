@@ -9,16 +9,26 @@ conversations: channels and the agent socket change nothing through the store di
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 from gateway import ids
+from gateway.control import Control
+from gateway.directory import AgentDirectory
 from gateway.events import Event
 from gateway.session_lookup import SessionLookup
+from gateway.settings import AgentConfig
 from gateway.store.outbox import OutboxPart
 from gateway.store.records import SessionRecord
 from gateway.store.sql import NewMessage, Store
 from gateway.types import EventType
+
+log = logging.getLogger("gateway.observations")
+
+AGENT_DECLARED = "agent.declared"  # a control order (gateway/control.py): know this agent too
 
 
 class Observations(SessionLookup):
@@ -26,6 +36,8 @@ class Observations(SessionLookup):
 
     store: Store
     on_outbox: Callable[[], None]
+    control: Control
+    directory: AgentDirectory
 
     async def record_events(self, events: Sequence[Event]) -> list[Event]:
         """Events a channel observed (a delivery problem, a call's progress, a process that
@@ -33,8 +45,23 @@ class Observations(SessionLookup):
         return await self.store.append_events(events)
 
     async def declare_agent(self, agent_id: str, config: dict[str, Any]) -> None:
-        """An agent a process declared: kept so its sessions and tokens outlive the process."""
+        """An agent a process declared: kept so its sessions and tokens outlive the process,
+        and known at once to every other instance (gateway/control.py)."""
         await self.store.sync_agents({agent_id: config}, origin="process")
+        self.control.broadcast(AGENT_DECLARED, agent_id, {"config": config})
+
+    async def agent_declared_order(self, agent_id: str, args: Mapping[str, Any]) -> None:
+        """A process declared an agent at another instance: know it here too."""
+        if agent_id in self.directory and self.directory.origin(agent_id) == "config":
+            return  # gateway.toml's definition stays
+        try:
+            config = AgentConfig.model_validate(args.get("config"))
+        except ValidationError:
+            log.warning(
+                "an agent declared elsewhere has an invalid config; skipped", extra={"agent": agent_id}
+            )
+            return
+        self.directory.put(agent_id, config, origin="process")
 
     async def update_session(
         self,

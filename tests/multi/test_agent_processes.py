@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+import websockets
 
 from channels.whatsapp.signature import sign
 from gateway.client import Gateway, Turn
@@ -117,3 +119,36 @@ async def test_a_process_on_one_instance_answers_messages_that_arrive_at_another
     assert turns[-1] == (b.url, "while-away")
     seqs = [s for s, _u, _t in seen]
     assert seqs == sorted(set(seqs))  # each event once, in seq order, across the reconnect
+
+
+@pytest.mark.timeout(90)
+async def test_an_agent_a_process_declares_on_one_instance_is_known_to_the_other() -> None:
+    """Not in gateway.toml: declared by the process connected to A, then a browser on B
+    mints a token for it and chats there; the turn is exchanged with the process on A."""
+    async with FakeGraph(token="test-token") as graph, two(graph) as (a, b):
+        gw = Gateway(a.url, api_key=ADMIN, **FAST)
+        dyn = gw.agent("dyn", allowed_origins=["http://127.0.0.1:*"])
+
+        @dyn.on_turn
+        async def answer(turn: Turn) -> str:
+            return f"from A: {turn.text}"
+
+        gw.start()
+        try:
+            await gw.wait_ready(10)
+            async with httpx.AsyncClient(base_url=b.url, headers={"authorization": f"Bearer {ADMIN}"}) as c:
+                async with asyncio.timeout(5):  # the declaration reaches B over the bus
+                    while (r := await c.post("/v1/tokens", json={"agent": "dyn"})).status_code != 201:
+                        assert r.status_code == 404, r.text
+                        await asyncio.sleep(0.05)
+                token = r.json()["token"]
+            async with websockets.connect(f"{b.ws_url}/chat/ws?token={token}") as ws:
+                await ws.recv()  # chat.ready
+                await ws.send(json.dumps({"event": "message", "text": "hi"}))
+                async with asyncio.timeout(15):
+                    while (frame := json.loads(await ws.recv()))["event"] != "chat.done":
+                        pass
+            assert frame["text"] == "from A: hi"
+        finally:
+            async with asyncio.timeout(10):
+                await gw.close()
