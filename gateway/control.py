@@ -109,7 +109,7 @@ class Control:
         if isinstance(error, dict):
             # The holder's error (its code and status), raised here as if it were local.
             raise GatewayError(
-                str(error.get("message")), code=str(error.get("code")), status=int(error["status"])
+                str(error.get("message")), code=str(error.get("code")), status=int(error.get("status") or 409)
             )
         result = answer.get("result")
         return result if isinstance(result, dict) else {}

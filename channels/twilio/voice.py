@@ -71,7 +71,8 @@ CALL_ORDER = "call"
 RINGING = "call.decide"
 PROCESS_HERE = "agent.connected"  # is this agent's process connected to you? (ringing)
 # A caller waits while instances are asked: the answer takes a Redis round trip; silence
-# after this long means no instance has the process (the call is accepted, as alone).
+# after this long means no instance has the process (the call is accepted, as alone), or
+# no instance has the call ringing (the decision is refused, `unknown_call`).
 PRESENCE_SECONDS = 0.5
 CALL_KEY = "call"  # session.meta["call"]: CallSid, numbers, answer time, reconnects, language
 CREATE_CALL_ATTEMPTS = 3
@@ -292,7 +293,7 @@ class TwilioVoice:
             return True
         # Several instances: the call may be ringing on the one its webhook reached.
         args = {"accept": accept, "reason": reason, "agents": sorted(agents)}
-        return await self.remote.ask(RINGING, call_id, args) is not None
+        return await self.remote.ask(RINGING, call_id, args, wait_seconds=PRESENCE_SECONDS) is not None
 
     def _decide_here(self, call_id: str, accept: bool, reason: str | None, agents: Collection[str]) -> bool:
         agent_id, future = self._ringing.get(call_id, ("", None))
