@@ -204,6 +204,7 @@ class SharedLeases:
         out: dict[str, bool] = {}
         for sid in sids:
             if sid in gone:
+                self._held.discard(sid)  # let go: not renewed any more
                 out[sid] = False
             elif sid in again:
                 version = again[sid]

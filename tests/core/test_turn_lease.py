@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gateway.store.db import ensure_schema
@@ -92,3 +93,28 @@ async def test_a_dead_owners_lease_expires_and_another_instance_claims_it(
         assert not await dead.claim("s2")
     assert await alive.release("s2")  # marked by those claims: run once more
     assert not await alive.release("s2")
+
+
+async def test_a_released_lease_is_not_renewed_and_claims_together_are_one_statement(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    engine = engines[0]
+    a = leases(engine, "a", [])
+    sids = [f"s-{i}" for i in range(20)]
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "turn_leases" in statement:
+            statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        assert all(await asyncio.gather(*(a.claim(s) for s in sids)))
+        claims = len(statements)
+        assert not any(await asyncio.gather(*(a.release(s) for s in sids)))
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+    # 20 claims at once: far fewer statements than claims (the first goes alone, the
+    # rest queue up behind it), and every released lease is off the renewal list.
+    assert claims <= 3, claims
+    assert a.held() == frozenset()
