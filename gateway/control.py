@@ -71,6 +71,10 @@ class Control:
         self._serial = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def shared(self) -> bool:
+        return self._shared
+
     def on(self, kind: str, handler: Handler) -> None:
         """Run `handler` for orders of `kind` that other instances send."""
         self._handlers[kind] = handler
@@ -115,9 +119,8 @@ class Control:
         return result if isinstance(result, dict) else {}
 
     async def serve(self) -> None:
-        """Take the orders of other instances, and the answers to this one's questions."""
-        if not self._shared:
-            await asyncio.Event().wait()  # nothing to serve; held like every other service task
+        """Take the orders of other instances, and the answers to this one's questions
+        (started only when the bus is shared)."""
         backend = self._bus.backend
         async with (
             backend.subscribe(TOPIC, maxsize=10_000) as orders,

@@ -276,7 +276,7 @@ def create_app(
             workers.append(asyncio.create_task(rt.service.adopt_forever(every), name="turn-adoption"))
         if rt.placement is not None:
             workers.append(asyncio.create_task(rt.placement.serve(), name="turn-placement"))
-        if rt.control is not None:
+        if rt.control is not None and rt.control.shared:
             workers.append(asyncio.create_task(rt.control.serve(), name="control"))
         log.info("gateway ready", extra={"agent": ",".join(rt.directory.ids())})
         try:

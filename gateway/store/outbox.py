@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Table, and_, bindparam, case, exists, func, literal, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 
 from gateway import ids
 from gateway.events import Event, now_ms
@@ -52,33 +51,11 @@ def advances(current: str | None, new: str) -> bool:
 
 # Parts of one session go out strictly in order: a part may be claimed only when no part
 # of its session is in flight or uncertain, and none queued before it is still waiting.
-_earlier = aliased(OutboxRow)
-_BLOCKED = exists().where(
-    _earlier.session_id == OutboxRow.session_id,
-    _earlier.id != OutboxRow.id,
-    or_(
-        _earlier.status.in_(("sending", "uncertain")),
-        and_(
-            _earlier.status == "pending",
-            or_(
-                _earlier.created_at < OutboxRow.created_at,
-                and_(_earlier.created_at == OutboxRow.created_at, _earlier.part < OutboxRow.part),
-                and_(
-                    _earlier.created_at == OutboxRow.created_at,
-                    _earlier.part == OutboxRow.part,
-                    _earlier.id < OutboxRow.id,
-                ),
-            ),
-        ),
-    ),
-)
-
-
-# The claim, built once (Core, with bind parameters): built per call through the ORM, the
+# The claim is built once (Core, with bind parameters): built per call through the ORM, the
 # statement cost ~0.6 ms of Python on every send before SQLite or PostgreSQL saw it.
 _OUT = cast(Table, OutboxRow.__table__)
 _E = _OUT.alias("earlier")
-_BLOCKED_CORE = exists().where(
+_BLOCKED = exists().where(
     _E.c.session_id == _OUT.c.session_id,
     _E.c.id != _OUT.c.id,
     or_(
@@ -99,7 +76,7 @@ _CLAIM = (
         _OUT.c.id.in_(bindparam("ids", expanding=True)),
         _OUT.c.status == "pending",
         _OUT.c.next_attempt_at <= bindparam("now"),
-        ~_BLOCKED_CORE,
+        ~_BLOCKED,
     )
     .values(
         status="sending",
