@@ -202,6 +202,15 @@ async def test_500_messages_over_three_instances_one_killed_one_restarted(
                 victim = nodes[0]
                 assert victim.proc is not None
                 pid = victim.proc.p.pid
+                # Kill it while it holds turns (a lease with messages still pending): on a slow
+                # machine, a moment picked by the acks alone may find every turn over.
+                async with asyncio.timeout(30):
+                    while not await rows(
+                        "SELECT 1 FROM messages m JOIN turn_leases l ON l.session_id = m.session_id "
+                        "WHERE m.role = 'user' AND m.pending AND l.owner LIKE :m",
+                        m=f"%:{pid}:%",
+                    ):
+                        await asyncio.sleep(0.01)
                 victim.kill()
                 killed_at = time.monotonic()
                 mark = f"%:{pid}:%"
